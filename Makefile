@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	@(command -v chromium && command -v chromedriver) >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -101,8 +101,14 @@ class AnalysisResult:
     notes: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
-    def add(self, value: float, *, ci: Sequence[float] | None = None, n: int | None = None,
-            **coords: Any) -> dict[str, Any]:
+    def add(
+        self,
+        value: float,
+        *,
+        ci: Sequence[float] | None = None,
+        n: int | None = None,
+        **coords: Any,
+    ) -> dict[str, Any]:
         """Append one record and return it."""
         rec: dict[str, Any] = dict(coords)
         rec["value"] = float(value)
@@ -170,8 +176,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def save_results(path: str | os.PathLike, results: Iterable[AnalysisResult],
-                 meta: dict[str, Any] | None = None) -> None:
+def save_results(
+    path: str | os.PathLike, results: Iterable[AnalysisResult], meta: dict[str, Any] | None = None
+) -> None:
     """Write ``results.json``: ``{"schema_version", "meta", "results": [...]}`` atomically."""
     doc = {
         "schema_version": SCHEMA_VERSION,

@@ -18,12 +18,19 @@ from .app import app, console_err
 
 __all__ = ["app", "main"]
 
-_USER_ERRORS = (TransferlensError, ValueError, FileNotFoundError, FileExistsError,
-                NotADirectoryError, IsADirectoryError, PermissionError)
+_USER_ERRORS = (
+    TransferlensError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 
 
 def _register() -> None:
-    from . import info, demo  # noqa: F401  (each module adds its commands to app)
+    from . import demo, info  # noqa: F401  (each module adds its commands to app)
 
     for mod in ("train", "capture", "compare", "report"):
         try:

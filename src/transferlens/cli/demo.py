@@ -15,8 +15,11 @@ def demo(
     out: str = typer.Option("runs/demo", "--out", help="folder for models and the report"),
 ) -> None:
     """Train a tiny base model and a Swedish-adapted one, compare them, print the report path."""
-    missing = [m for m in ("transferlens.training", "transferlens.report")
-               if importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m in ("transferlens.training", "transferlens.report")
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
         console.print(
             "the demo needs the training module and the report, which are not built yet "

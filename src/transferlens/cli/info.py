@@ -26,8 +26,18 @@ def info(
     if json_out:
         console.print_json(json.dumps(desc))
         return
-    for key in ("spec", "source", "family", "model_type", "n_layers", "n_heads", "d_model",
-                "n_params", "dtype", "fingerprint"):
+    for key in (
+        "spec",
+        "source",
+        "family",
+        "model_type",
+        "n_layers",
+        "n_heads",
+        "d_model",
+        "n_params",
+        "dtype",
+        "fingerprint",
+    ):
         console.print(f"{key:12s} {desc[key]}", markup=False, highlight=False)
     console.print(f"{'components':12s} {', '.join(desc['components'])}", markup=False)
     if sites:

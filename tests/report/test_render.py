@@ -1,0 +1,104 @@
+"""Report rendering from results alone: files, captions, tables, formats, refusal rules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import synthetic_results  # noqa: E402
+
+from transferlens.report import FIGURES, check_report_dir, render_report  # noqa: E402
+from transferlens.results import load_results, save_results  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    save_results(
+        out / "results.json",
+        synthetic_results(5),
+        meta={
+            "title": "Synthetic",
+            "warnings": ["a warning to show"],
+            "skipped": [{"analysis": "lens", "reason": "no unembedding"}],
+        },
+    )
+    (out / "manifest.json").write_text(
+        json.dumps({"command": "transferlens compare a b", "models": {}})
+    )
+    html = render_report(out, formats=["pdf", "png", "svg"])
+    return out, html
+
+
+def test_every_figure_written_in_every_format(report):
+    out, _ = report
+    for spec in FIGURES:
+        for fmt in ("pdf", "png", "svg"):
+            f = out / "figures" / f"{spec.name}.{fmt}"
+            assert f.exists() and f.stat().st_size > 1000, f
+        assert (out / "data" / f"{spec.name}.csv").exists()
+
+
+def test_pdf_fonts_are_embedded(report):
+    out, _ = report
+    pdf = (out / "figures" / "behaviour.pdf").read_bytes()
+    assert b"/FontFile2" in pdf  # TrueType font program embedded (pdf.fonttype 42)
+    assert b"/Subtype /Type3" not in pdf
+
+
+def test_csv_holds_the_figure_numbers(report):
+    out, _ = report
+    results, _ = load_results(out / "results.json")
+    bpb = next(r for r in results if r.name == "behaviour_bpb")
+    lines = (out / "data" / "behaviour.csv").read_text().splitlines()
+    assert lines[0].split(",") == ["model", "language", "value", "ci_low", "ci_high", "n"]
+    assert len(lines) == 1 + len(bpb.records)
+    first = lines[1].split(",")
+    assert float(first[2]) == pytest.approx(bpb.records[0]["value"])
+
+
+def test_latex_table_and_notes(report):
+    out, html = report
+    tex = (out / "tables" / "behaviour_bpb.tex").read_text()
+    assert "\\toprule" in tex and "Swedish-adapted" in tex and "[" in tex
+    page = html.read_text()
+    assert "a warning to show" in page and "Skipped lens: no unembedding" in page
+    assert page.count("data:image/png;base64,") == len(FIGURES)
+    md = (out / "report.md").read_text()
+    assert "Intervals: 95% bootstrap over paragraphs." in md
+
+
+def test_rerender_is_deterministic_in_its_data(report):
+    out, _ = report
+    before = (out / "data" / "cka_heatmaps.csv").read_text()
+    render_report(out, style="slides", formats=["png"])
+    assert (out / "data" / "cka_heatmaps.csv").read_text() == before
+
+
+def test_refuses_foreign_folder(tmp_path):
+    (tmp_path / "thesis.tex").write_text("precious")
+    with pytest.raises(Exception, match="not a transferlens report"):
+        check_report_dir(tmp_path)
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_unknown_style_and_format(report):
+    out, _ = report
+    with pytest.raises(ValueError, match="unknown style"):
+        render_report(out, style="poster")
+    with pytest.raises(Exception, match="unknown figure format"):
+        render_report(out, formats=["gif"])
+
+
+def test_figures_are_not_blank(report):
+    from PIL import Image
+
+    out, _ = report
+    for spec in FIGURES:
+        img = np.asarray(Image.open(out / "figures" / f"{spec.name}.png").convert("L"), float)
+        assert img.std() > 10, spec.name
