@@ -336,11 +336,11 @@ def _markdown(rendered, tables, meta, manifest, by_name) -> str:
     notes = _notes(meta, by_name)
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    for name, cap, res, rows, cols in tables:
+    for _name, cap, res, rows, cols in tables:
         header, _, body = _table_rows(res, rows, cols)
         lines += [f"**{cap}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(b) + " |" for b in body] + [""]
-    for spec, res, files in rendered:
+    for spec, res, _files in rendered:
         lines += [
             f"## {spec.title}",
             "",
