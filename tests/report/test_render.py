@@ -102,3 +102,17 @@ def test_figures_are_not_blank(report):
     for spec in FIGURES:
         img = np.asarray(Image.open(out / "figures" / f"{spec.name}.png").convert("L"), float)
         assert img.std() > 10, spec.name
+
+
+def test_cli_report_rerenders_and_rejects_bad_input(tmp_path, capsys):
+    from transferlens.cli import main
+
+    save_results(tmp_path / "results.json", synthetic_results(3), meta={"title": "CLI"})
+    assert main(["report", str(tmp_path), "--style", "slides", "--format", "svg"]) == 0
+    assert (tmp_path / "figures" / "behaviour.svg").exists()
+    assert capsys.readouterr().out.strip().endswith("report.html")
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "no results.json" in err and "Traceback" not in err
+    assert main(["report", str(tmp_path), "--format", "gif"]) == 2
+    assert "unknown figure format" in capsys.readouterr().err
