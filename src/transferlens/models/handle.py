@@ -19,9 +19,13 @@ def fingerprint(model: nn.Module) -> str:
 
     Tied parameters count once, under their first name. The fingerprint is the cache key of
     every later stage: the same weights give the same fingerprint whatever file they came from.
+    TransformerLens ``TransformerBridge`` wraps the modules of the Hugging Face model it holds
+    (``..._original_component...``); those wrapper segments are left out of the names, so a
+    bridged model has the fingerprint of the model it wraps.
     """
     h = hashlib.sha256()
     for name, p in unwrap_model(model).named_parameters():
+        name = name.replace("._original_component", "")
         t = p.detach()
         if t.device.type != "cpu":
             t = t.cpu()

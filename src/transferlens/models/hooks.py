@@ -14,6 +14,11 @@ Values passed to ``fn``:
 
 Replacing a head's value adds ``new - old`` to the projection's output, so patching a head
 means "this head now contributes ``new``" in any family.
+
+``resid_mid`` is read as ``resid_pre + attn_out`` (the block input is captured at the first
+norm, the sum formed at the attention output, exactly as the block forms it); a replacement
+sets the attention output to ``new - resid_pre``, so the new value reaches both the MLP and
+the residual stream that flows on (up to one float rounding of the subtraction).
 """
 
 from __future__ import annotations
@@ -83,6 +88,41 @@ def _head_hook(sitemap: SiteMap, layer: int, head: int | None, fn: SiteFn):
     return hook
 
 
+def _resid_mid_hooks(sitemap: SiteMap, layer: int, fn: SiteFn) -> list:
+    """Two hooks: capture the block input at the first norm; form and replace resid_mid at
+    the attention output."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def capture(module, args, kwargs):
+        x = args[0] if args else kwargs.get("hidden_states")
+        if x is None:
+            raise RuntimeError(f"{type(module).__name__} was called without hidden states")
+        seen["pre"] = x
+        return None
+
+    def replace(module, args, output):
+        pre = seen.pop("pre", None)
+        if pre is None:
+            raise RuntimeError(f"resid_mid.{layer}: the block input was not seen before attention")
+        out = output[0] if isinstance(output, tuple) else output
+        mid = pre + out
+        new = fn(mid)
+        if new is None or new is mid or torch.equal(new, mid):
+            return None
+        out = (new - pre).to(out.dtype)
+        return (out, *output[1:]) if isinstance(output, tuple) else out
+
+    norm = sitemap.pre_attn_norm(layer)
+    attn_mod, _ = sitemap.hook_point(Site("attn_out", layer))
+    return [
+        norm.register_forward_pre_hook(capture, with_kwargs=True),
+        attn_mod.register_forward_hook(replace),
+    ]
+
+
+_ORDER = {"embed": 0, "resid_mid": 2}
+
+
 @contextmanager
 def site_hooks(sitemap: SiteMap, fns: Mapping[str | Site, SiteFn]) -> Iterator[None]:
     """Attach ``fn`` to each site for the duration of the block.
@@ -91,10 +131,18 @@ def site_hooks(sitemap: SiteMap, fns: Mapping[str | Site, SiteFn]) -> Iterator[N
         sitemap: the model's site map.
         fns: site (or its name) -> function of the activation; return a tensor to replace it.
 
+    Within one call, a value read at a site reflects replacements made at the sites it is
+    made of, whatever the order of ``fns`` (e.g. ``resid_mid.3`` sees a replaced
+    ``attn_out.3``); hooks of nested calls run in the order the calls were entered.
+
     Raises:
         ValueError: a site the model does not have (before anything is attached).
     """
     plan = [(sitemap.validate(s), fn) for s, fn in fns.items()]
+    # Hooks on one module run in registration order: ``embed`` before ``resid_pre.0`` (both
+    # read block 0's input), ``attn_out`` before ``resid_mid`` (formed from the attention
+    # output), so a read sees the replacements made at the sites it is built from.
+    plan.sort(key=lambda item: _ORDER.get(item[0].component, 1))
     handles = []
     try:
         for site, fn in plan:
@@ -103,6 +151,9 @@ def site_hooks(sitemap: SiteMap, fns: Mapping[str | Site, SiteFn]) -> Iterator[N
                 handles.append(
                     mod.register_forward_hook(_head_hook(sitemap, site.layer, site.head, fn))
                 )
+                continue
+            if site.component == "resid_mid":
+                handles += _resid_mid_hooks(sitemap, site.layer, fn)  # type: ignore[arg-type]
                 continue
             mod, io = sitemap.hook_point(site)
             if io == "input":

@@ -13,15 +13,19 @@ from torch import nn
 
 from .sites import COMPONENTS, FamilyTable, HookPoint, Site, family_for, parse_site
 
-__all__ = ["SiteMap", "unwrap_model"]
+__all__ = ["SiteMap", "is_peft_model", "unwrap_model"]
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    """True for a PEFT wrapper (``PeftModel`` and its task subclasses)."""
+    return type(model).__module__.startswith("peft") and callable(
+        getattr(model, "get_base_model", None)
+    )
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The Hugging Face model inside a PEFT wrapper (adapter layers stay in place)."""
-    get_base = getattr(model, "get_base_model", None)
-    if callable(get_base) and type(model).__module__.startswith("peft"):
-        return get_base()
-    return model
+    return model.get_base_model() if is_peft_model(model) else model
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
@@ -73,13 +77,15 @@ class SiteMap:
         self.backbone = _get(root, prefix)
         self.blocks: nn.ModuleList = _get(self.backbone, family.layers)
         text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        self.n_layers = int(getattr(text_cfg, "num_hidden_layers", len(self.blocks)))
+        self.n_layers = len(self.blocks)
         self.n_heads = int(
             getattr(text_cfg, "num_attention_heads", getattr(text_cfg, "n_head", 0)) or 0
         )
         self.d_model = int(getattr(text_cfg, "hidden_size", getattr(text_cfg, "n_embd", 0)) or 0)
         d_head = getattr(text_cfg, "head_dim", None)
-        self.d_head = int(d_head) if d_head else (self.d_model // self.n_heads if self.n_heads else 0)
+        self.d_head = (
+            int(d_head) if d_head else (self.d_model // self.n_heads if self.n_heads else 0)
+        )
         self.final_norm = (
             _get(self.backbone, family.final_norm)
             if family.final_norm and _has(self.backbone, family.final_norm)
@@ -114,7 +120,9 @@ class SiteMap:
             if c in ("embed", "final_norm", "logits"):
                 out.append(Site(c))
             elif c == "head" and heads:
-                out += [Site(c, layer, h) for layer in range(self.n_layers) for h in range(self.n_heads)]
+                out += [
+                    Site(c, layer, h) for layer in range(self.n_layers) for h in range(self.n_heads)
+                ]
             else:
                 out += [Site(c, layer) for layer in range(self.n_layers)]
         return out
@@ -140,7 +148,12 @@ class SiteMap:
 
     # ------------------------------------------------------------------ resolving
     def hook_point(self, site: str | Site) -> tuple[nn.Module, str]:
-        """(module, ``"input"``/``"output"``) where a non-head site's value lives."""
+        """(module, ``"input"``/``"output"``) where a non-head site's value can be read.
+
+        Use :func:`~transferlens.models.hooks.site_hooks` to read *or replace* values: a
+        ``resid_mid`` value read here is the input of the MLP's norm, but a replacement must
+        also reach the residual stream, which ``site_hooks`` arranges.
+        """
         s = self.validate(site)
         if s.component == "embed":
             return self.blocks[0], "input"
@@ -156,7 +169,15 @@ class SiteMap:
 
     def o_proj(self, layer: int) -> nn.Module:
         """The attention output projection of a block."""
-        return _get(self.blocks[layer], self.family.o_proj or "")
+        if not self.family.o_proj:
+            raise ValueError(f"{self.family.name} models have no head sites")
+        return _get(self.blocks[layer], self.family.o_proj)
+
+    def pre_attn_norm(self, layer: int) -> nn.Module:
+        """The norm that reads the block input (where ``resid_pre`` is seen inside the block)."""
+        if not self.family.pre_attn_norm:
+            raise ValueError(f"{self.family.name} models have no resid_mid site")
+        return _get(self.blocks[layer], self.family.pre_attn_norm)
 
     def head_weights(self, layer: int) -> torch.Tensor:
         """Per-head output projection, shape (n_heads, d_head, d_model), effective weight
@@ -169,13 +190,25 @@ class SiteMap:
 
 
 def _effective_weight(mod: nn.Module) -> torch.Tensor:
+    """The weight a (possibly PEFT-wrapped) projection applies, adapter deltas included.
+
+    Merged adapters are already in ``base_layer.weight``; unmerged active LoRA adapters add
+    ``get_delta_weight``. DoRA rescales the weight per output and is refused.
+    """
     base = getattr(mod, "base_layer", None)
     if base is None:
         return mod.weight
     w = base.weight
-    if getattr(mod, "merged", False) or getattr(mod, "disable_adapters", False):
+    if getattr(mod, "disable_adapters", False):
         return w
+    merged = set(getattr(mod, "merged_adapters", []) or [])
     for name in getattr(mod, "active_adapters", []):
-        if name in getattr(mod, "lora_A", {}):
-            w = w + mod.get_delta_weight(name)
+        if name in merged or name not in getattr(mod, "lora_A", {}):
+            continue
+        if getattr(mod, "use_dora", {}).get(name, False):
+            raise ValueError(
+                "head sites are not supported on DoRA adapters; merge the adapter first "
+                "(load_model(..., merge=True))"
+            )
+        w = w + mod.get_delta_weight(name)
     return w

@@ -9,7 +9,9 @@ Meaning (fixed; see docs/sites.md):
 
 - ``embed``: the input to block 0 (token + positional embeddings, any embedding scaling).
 - ``resid_pre[l]``: the input to block l (``resid_pre[0] == embed``).
-- ``resid_mid[l]``: the residual stream between attention and MLP (pre-LN families only).
+- ``resid_mid[l]``: the residual stream between attention and MLP (pre-LN families only),
+  ``resid_pre[l] + attn_out[l]``. Replacing it changes the residual stream itself (what
+  the MLP reads *and* what flows on to the block output), not just the MLP's input.
 - ``resid_post[l]``: the output of block l, *before* the final norm (so it equals
   Hugging Face's ``hidden_states[l+1]`` except for the last layer, where HF applies the norm).
 - ``attn_out[l]`` / ``mlp_out[l]``: exactly what the block adds to the residual stream (after
@@ -125,6 +127,9 @@ class FamilyTable:
         lm_head: path of the unembedding relative to the root model (None for encoders).
         o_proj: path of the attention output projection relative to a block (for ``head`` sites).
         o_proj_conv1d: True when the projection is a GPT-2 ``Conv1D`` (weight stored in×out).
+        pre_attn_norm: path of the norm that reads the block input (relative to a block); the
+            block input is captured there so that a ``resid_mid`` write can go through the
+            attention output (``attn_out := new - resid_pre``).
         residual: True when the block is pre-LN (the residual identities hold).
         attn_post_norm: True when a norm sits between the heads and the residual (Gemma 3):
             the heads then sum to the *pre-norm* attention output, not to ``attn_out``.
@@ -139,6 +144,7 @@ class FamilyTable:
     lm_head: str | None = None
     o_proj: str | None = None
     o_proj_conv1d: bool = False
+    pre_attn_norm: str | None = None
     residual: bool = True
     attn_post_norm: bool = False
 
@@ -163,6 +169,7 @@ GPT2 = FamilyTable(
     lm_head="lm_head",
     o_proj="attn.c_proj",
     o_proj_conv1d=True,
+    pre_attn_norm="ln_1",
 )
 
 LLAMA = FamilyTable(
@@ -180,6 +187,7 @@ LLAMA = FamilyTable(
     final_norm="norm",
     lm_head="lm_head",
     o_proj="self_attn.o_proj",
+    pre_attn_norm="input_layernorm",
 )
 
 GEMMA3 = FamilyTable(
@@ -197,6 +205,7 @@ GEMMA3 = FamilyTable(
     final_norm="norm",
     lm_head="lm_head",
     o_proj="self_attn.o_proj",
+    pre_attn_norm="input_layernorm",
     attn_post_norm=True,
 )
 

@@ -50,7 +50,10 @@ def tiny_tokenizer(vocab_size: int = 320) -> Any:
         single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", 0)]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>",
+        tokenizer_object=tok,
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        pad_token="<|pad|>",
         model_max_length=64,
     )
 
@@ -60,29 +63,64 @@ def _config(family: str, vocab: int, n_layers: int, d_model: int, n_heads: int, 
 
     common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=1, pad_token_id=2)
     if family == "gpt2":
-        return tf.GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, n_positions=n_ctx,
-                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+        return tf.GPT2Config(
+            n_layer=n_layers,
+            n_embd=d_model,
+            n_head=n_heads,
+            n_positions=n_ctx,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **common,
+        )
     if family == "llama":
-        return tf.LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model,
-                              intermediate_size=2 * d_model, num_attention_heads=n_heads,
-                              num_key_value_heads=n_heads // 2, max_position_embeddings=n_ctx,
-                              tie_word_embeddings=True, **common)
+        return tf.LlamaConfig(
+            num_hidden_layers=n_layers,
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_heads // 2,
+            max_position_embeddings=n_ctx,
+            tie_word_embeddings=True,
+            **common,
+        )
     if family == "gemma3":
-        return tf.Gemma3TextConfig(num_hidden_layers=n_layers, hidden_size=d_model,
-                                   intermediate_size=2 * d_model, num_attention_heads=n_heads,
-                                   num_key_value_heads=n_heads // 2, head_dim=d_model // n_heads,
-                                   max_position_embeddings=n_ctx, sliding_window=8,
-                                   **common)
+        return tf.Gemma3TextConfig(
+            num_hidden_layers=n_layers,
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_heads // 2,
+            head_dim=d_model // n_heads,
+            max_position_embeddings=n_ctx,
+            sliding_window=8,
+            **common,
+        )
     if family == "bert":
-        return tf.BertConfig(num_hidden_layers=n_layers, hidden_size=d_model,
-                             intermediate_size=2 * d_model, num_attention_heads=n_heads,
-                             max_position_embeddings=n_ctx, hidden_dropout_prob=0.0,
-                             attention_probs_dropout_prob=0.0, vocab_size=vocab, pad_token_id=2)
+        return tf.BertConfig(
+            num_hidden_layers=n_layers,
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_attention_heads=n_heads,
+            max_position_embeddings=n_ctx,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            vocab_size=vocab,
+            pad_token_id=2,
+        )
     raise ValueError(f"unknown tiny family {family!r}; use gpt2, llama, gemma3 or bert")
 
 
-def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_model: int = 32,
-               n_heads: int = 4, n_ctx: int = 64, tokenizer: Any = None) -> ModelHandle:
+def tiny_model(
+    family: str = "llama",
+    *,
+    seed: int = 0,
+    n_layers: int = 2,
+    d_model: int = 32,
+    n_heads: int = 4,
+    n_ctx: int = 64,
+    tokenizer: Any = None,
+) -> ModelHandle:
     """A random-init model of ``family`` (``gpt2``, ``llama``, ``gemma3``, ``bert``), eval mode.
 
     The random init is made larger than Hugging Face's default (std 0.02 -> 0.2) so that the
@@ -95,8 +133,12 @@ def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_mod
     cfg = _config(family, len(tok), n_layers, d_model, n_heads, n_ctx)
     if hasattr(cfg, "initializer_range"):
         cfg.initializer_range = 0.2
-    cls = {"gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM,
-           "gemma3": tf.Gemma3ForCausalLM, "bert": tf.BertForMaskedLM}[family]
+    cls = {
+        "gpt2": tf.GPT2LMHeadModel,
+        "llama": tf.LlamaForCausalLM,
+        "gemma3": tf.Gemma3ForCausalLM,
+        "bert": tf.BertForMaskedLM,
+    }[family]
     gen = torch.random.fork_rng(devices=[])
     with gen:
         torch.manual_seed(seed)
@@ -106,5 +148,11 @@ def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_mod
                 if "norm" in name and p.ndim == 1:
                     p.add_(0.1 * torch.randn_like(p))
     model.eval()
-    return ModelHandle(model=model, tokenizer=tok, sitemap=SiteMap(model), spec=f"<tiny-{family}>",
-                       source="module", name=f"tiny-{family}")
+    return ModelHandle(
+        model=model,
+        tokenizer=tok,
+        sitemap=SiteMap(model),
+        spec=f"<tiny-{family}>",
+        source="module",
+        name=f"tiny-{family}",
+    )

@@ -1,0 +1,179 @@
+"""Every kind of spec loads offline, and all agree on logits and fingerprints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from modeltools import logits_of
+from transformers import AutoModelForCausalLM
+
+from transferlens.models import ModelHandle, load_model
+
+ATOL = 1e-5  # fp32 rounding (the bridge runs eager attention, the reference sdpa)
+
+
+@pytest.fixture(scope="module")
+def reference(llama_files):
+    return logits_of(llama_files["model"], llama_files["ids"])
+
+
+def _fresh_hf(llama_files):
+    return AutoModelForCausalLM.from_pretrained(llama_files["hf"]).eval()
+
+
+def _check(handle: ModelHandle, llama_files, reference, *, same_weights=True):
+    assert isinstance(handle, ModelHandle)
+    assert handle.family == "llama"
+    assert handle.n_layers == 2
+    assert not handle.model.training
+    got = logits_of(handle.model, llama_files["ids"])
+    torch.testing.assert_close(got, reference, atol=ATOL, rtol=0)
+    if same_weights:
+        assert handle.fingerprint == llama_files["fingerprint"]
+
+
+def test_reference_is_not_trivial(reference):
+    # distributions that differ by position: agreement below is not agreement of constants
+    assert reference.std(dim=-1).min() > 0.1
+    assert (reference[0, 1:] - reference[0, :-1]).abs().max() > 0.5
+
+
+def test_hf_folder(llama_files, reference):
+    h = load_model(llama_files["hf"])
+    assert h.source == "hf" and h.name == "hf"
+    _check(h, llama_files, reference)
+    assert h.tokenizer(["x"])["input_ids"] == llama_files["tok"](["x"])["input_ids"]
+
+
+def test_transferlens_checkpoint(llama_files, reference):
+    h = load_model(str(llama_files["pt"]))
+    assert h.source == "checkpoint"
+    assert h.provenance["method"] == "random-init" and h.provenance["seed"] == 3
+    assert "torch" in h.provenance["versions"]
+    _check(h, llama_files, reference)
+
+
+def test_gguf_file(llama_files, reference):
+    h = load_model(llama_files["gguf"])
+    assert h.source == "gguf"
+    _check(h, llama_files, reference)
+    text = "Välj Format - Celler"
+    assert h.tokenizer(text)["input_ids"] == llama_files["tok"](text)["input_ids"]
+
+
+def test_gguf_q_k_permutation_matters(llama_files, reference, tmp_path, monkeypatch):
+    # Written without llama.cpp's q/k permutation, the file gives other logits: the
+    # agreement above depends on writing (and transformers undoing) the permutation.
+    import gguf_writer
+
+    monkeypatch.setattr(gguf_writer, "_permute", lambda w, n_head, n_kv: w)
+    path = gguf_writer.write_llama_gguf(
+        llama_files["model"], llama_files["tok"], tmp_path / "unpermuted.gguf"
+    )
+    got = logits_of(load_model(path).model, llama_files["ids"])
+    assert (got - reference).abs().max() > 1e-2
+
+
+def test_nn_module_with_tokenizer(llama_files, reference):
+    model = _fresh_hf(llama_files)
+    h = load_model(model, tokenizer=llama_files["tok"])
+    assert h.source == "module" and h.model is model and h.tokenizer is llama_files["tok"]
+    _check(h, llama_files, reference)
+
+
+def test_handle_passes_through_and_dtype_resets_fingerprint(llama_files):
+    h = load_model(_fresh_hf(llama_files), tokenizer=llama_files["tok"])
+    fp32 = h.fingerprint
+    assert load_model(h) is h
+    load_model(h, dtype="float64")
+    assert h.dtype == torch.float64
+    assert h.fingerprint != fp32
+
+
+def test_transformer_bridge(llama_files, reference):
+    from transformer_lens.model_bridge.sources.transformers.source import boot
+
+    hf = _fresh_hf(llama_files)
+    bridge = boot(str(llama_files["hf"]), hf_model=hf, tokenizer=llama_files["tok"])
+    h = load_model(bridge)
+    assert h.source == "transformer_lens"
+    assert h.model is hf
+    assert h.tokenizer is bridge.tokenizer
+    _check(h, llama_files, reference)
+    # and the bridge itself computes the same logits (an independent forward)
+    with torch.no_grad():
+        torch.testing.assert_close(bridge(llama_files["ids"]), reference, atol=ATOL, rtol=0)
+
+
+def test_nnsight_wrappers(llama_files, reference):
+    import nnsight
+    from nnsight.modeling.transformers import TransformersModel
+
+    hf = _fresh_hf(llama_files)
+    h = load_model(nnsight.NNsight(hf), tokenizer=llama_files["tok"])
+    assert h.source == "nnsight" and h.model is hf
+    _check(h, llama_files, reference)
+
+    wrapped = TransformersModel(_fresh_hf(llama_files), tokenizer=llama_files["tok"])
+    h = load_model(wrapped)
+    assert h.model is wrapped._module and h.tokenizer is llama_files["tok"]
+    _check(h, llama_files, reference)
+
+
+def test_nnsight_lazy_model_is_dispatched(llama_files, reference):
+    from nnsight.modeling.transformers import TransformersModel
+
+    lazy = TransformersModel(
+        str(llama_files["hf"]), task="text-generation", tokenizer=llama_files["tok"]
+    )
+    assert next(lazy._module.parameters()).is_meta
+    h = load_model(lazy)
+    assert not next(h.model.parameters()).is_meta
+    _check(h, llama_files, reference)
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_peft_folder(llama_files, reference, merge):
+    h = load_model(llama_files["peft"], merge=merge)
+    assert h.source == "peft"
+    assert h.provenance["parent"]["fingerprint"] == llama_files["fingerprint"]
+    assert h.provenance["merged"] is merge
+    live = logits_of(llama_files["peft_model"], llama_files["ids"])
+    assert (live - reference).abs().max() > 1e-2  # the adapter changes the model
+    _check(h, llama_files, live, same_weights=False)
+    assert h.fingerprint != llama_files["fingerprint"]
+    assert ("lora_A" in " ".join(n for n, _ in h.model.named_parameters())) is not merge
+
+
+def test_gguf_folder_with_one_file(llama_files, reference, tmp_path):
+    import shutil
+
+    shutil.copy(llama_files["gguf"], tmp_path / "m.gguf")
+    _check(load_model(tmp_path), llama_files, reference)
+
+
+def test_load_does_not_touch_process_wide_state(llama_files):
+    from transformers.utils import logging as hf_logging
+
+    state = (
+        torch.get_default_dtype(),
+        torch.is_grad_enabled(),
+        torch.get_num_threads(),
+        hf_logging.get_verbosity(),
+        hf_logging.is_progress_bar_enabled(),
+    )
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_model(llama_files["pt"])
+    load_model(llama_files["peft"])
+    load_model(llama_files["hf"])
+    load_model(llama_files["gguf"])
+    torch.testing.assert_close(torch.rand(3), expected, atol=0, rtol=0)
+    assert state == (
+        torch.get_default_dtype(),
+        torch.is_grad_enabled(),
+        torch.get_num_threads(),
+        hf_logging.get_verbosity(),
+        hf_logging.is_progress_bar_enabled(),
+    )
