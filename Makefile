@@ -32,7 +32,7 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks scripts
 
 test: setup browser lint
-	$(BIN)/python -m pytest -q --durations=25
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=25
 
 demo: setup
 	$(BIN)/transferlens demo

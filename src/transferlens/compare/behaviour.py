@@ -1,0 +1,153 @@
+"""Behaviour stage: held-out loss (bits per byte), fertility, task accuracy, samples."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..analysis.behaviour import fertility, label_loglik_accuracy, token_nll
+from ..analysis.stats import bootstrap_ci, paired_bootstrap
+from ..results import AnalysisResult
+from .config import CompareConfig
+from .data import Sample
+
+__all__ = ["behaviour_stage"]
+
+LN2 = math.log(2.0)
+
+
+def _bpb(nll: np.ndarray, n_bytes: np.ndarray) -> float:
+    return float(nll.sum() / LN2 / n_bytes.sum())
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a.sum() / max(1, b.sum()))
+
+
+def _models(handles: dict[str, Any]) -> dict[str, str]:
+    return {role: h.fingerprint for role, h in handles.items()}
+
+
+def behaviour_stage(
+    handles: dict[str, Any],
+    sample: Sample,
+    cfg: CompareConfig,
+) -> tuple[list[AnalysisResult], dict[str, Any]]:
+    """Bits per byte and fertility per language for both models, with paragraph bootstrap
+    intervals; the paired adapted − base difference; the topic task if asked; samples."""
+    common = {
+        "config": {
+            "display_names": cfg.display_names,
+            "ci_level": cfg.ci_level,
+            "n_boot": cfg.n_boot,
+            "seed": cfg.seed,
+        },
+        "models": _models(handles),
+    }
+    desc = sample.describe() + "."
+    bpb = AnalysisResult(
+        "behaviour",
+        "behaviour_bpb",
+        "bits_per_byte",
+        data={"description": desc, "ci_unit": "paragraphs"},
+        **common,
+    )
+    diff = AnalysisResult(
+        "behaviour",
+        "behaviour_bpb_diff",
+        "bits_per_byte_difference",
+        data={
+            "description": desc + " Adapted minus base, paired bootstrap.",
+            "ci_unit": "paragraphs",
+        },
+        **common,
+    )
+    fert = AnalysisResult(
+        "behaviour",
+        "behaviour_fertility",
+        "tokens_per_word",
+        data={"description": desc, "ci_unit": "paragraphs"},
+        **common,
+    )
+    boot = {"n_boot": cfg.n_boot, "level": cfg.ci_level, "seed": cfg.seed}
+    for lang, texts in sample.texts.items():
+        per_model = {}
+        for role, h in handles.items():
+            t = token_nll(h, texts, batch_size=cfg.batch_size)
+            per_model[role] = t
+            ci = bootstrap_ci(_bpb, t.nll, t.n_bytes, **boot)
+            bpb.add(ci.value, ci=(ci.ci_low, ci.ci_high), n=len(texts), model=role, language=lang)
+            f = fertility(h.tokenizer, texts)
+            fci = bootstrap_ci(_ratio, f.n_tokens, f.n_words, **boot)
+            fert.add(
+                fci.value, ci=(fci.ci_low, fci.ci_high), n=len(texts), model=role, language=lang
+            )
+        if {"base", "adapted"} <= set(per_model):
+            a, b = per_model["adapted"], per_model["base"]
+            d = paired_bootstrap(_bpb, (a.nll, a.n_bytes), (b.nll, b.n_bytes), **boot)
+            diff.add(d.value, ci=(d.ci_low, d.ci_high), n=len(texts), language=lang)
+    results = [bpb, diff, fert]
+    if "topic" in cfg.tasks:
+        results.append(_topic_task(handles, sample, cfg, common, boot))
+    meta = {"samples": _samples(handles, sample)}
+    return results, meta
+
+
+def _topic_task(handles, sample: Sample, cfg: CompareConfig, common, boot) -> AnalysisResult:
+    """Classify a paragraph into its help module by the log-likelihood of each label."""
+    topics = sorted(set(sample.topics))
+    lang = "sv" if "sv" in sample.texts else next(iter(sample.texts))
+    n = min(len(sample.ids), 100)
+    prompts = [f"{t}\nModule:" for t in sample.texts[lang][:n]]
+    gold = sample.topics[:n]
+    res = AnalysisResult(
+        "behaviour",
+        "task_accuracy",
+        "accuracy",
+        data={
+            "description": f"Topic (help module) of {n} {lang} paragraphs chosen among "
+            f"{len(topics)} labels by label log-likelihood.",
+            "ci_unit": "paragraphs",
+            "labels": topics,
+        },
+        **common,
+    )
+    for role, h in handles.items():
+        scores = label_loglik_accuracy(
+            h,
+            prompts,
+            [f" {t}" for t in topics],
+            [f" {g}" for g in gold],
+            batch_size=cfg.batch_size,
+        )
+        ci = bootstrap_ci(lambda c: float(np.mean(c)), scores.correct.astype(float), **boot)
+        res.add(ci.value, ci=(ci.ci_low, ci.ci_high), n=n, task="topic", model=role)
+    counts = {t: gold.count(t) for t in topics}
+    res.add(max(counts.values()) / n, n=n, task="topic", model="majority class")
+    return res
+
+
+def _samples(
+    handles: dict[str, Any], sample: Sample, n_words: int = 6, new_tokens: int = 16
+) -> list[dict[str, str]]:
+    """Greedy continuations of the first words of one paragraph per language."""
+    out = []
+    for lang, texts in sample.texts.items():
+        prompt = " ".join(texts[0].split()[:n_words])
+        for role, h in handles.items():
+            tok = h.tokenizer
+            enc = tok(prompt, return_tensors="pt").to(h.device)
+            with torch.inference_mode():
+                gen = h.model.generate(
+                    **enc,
+                    max_new_tokens=new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                )
+            text = tok.decode(gen[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            text = "".join(c if c.isprintable() else "\ufffd" for c in text).strip()
+            out.append({"model": role, "language": lang, "prompt": prompt, "text": text})
+    return out

@@ -1,0 +1,51 @@
+"""The paragraphs a comparison is measured on: one deterministic sample, shared by stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import CompareConfig
+
+__all__ = ["Sample", "sample_paragraphs"]
+
+
+@dataclass
+class Sample:
+    """Parallel paragraphs: ``texts[lang][i]`` is paragraph ``ids[i]`` in ``lang``.
+
+    Attributes:
+        ids: paragraph ids (the bootstrap units).
+        topics: help-module topic of each paragraph.
+        texts: language -> list of texts, aligned with ``ids``.
+        split: corpus split.
+    """
+
+    ids: list[str]
+    topics: list[str]
+    texts: dict[str, list[str]]
+    split: str
+
+    def describe(self) -> str:
+        return (
+            f"{len(self.ids)} parallel paragraphs of the bundled LibreOffice-help corpus "
+            f"({self.split} split) in {', '.join(self.texts)}"
+        )
+
+
+def sample_paragraphs(cfg: CompareConfig, min_words: int = 3) -> Sample:
+    """Draw ``cfg.max_examples`` paragraphs (seeded) present in every requested language."""
+    from ..data import load_corpus
+
+    ds = load_corpus(languages=cfg.languages, split=cfg.split, min_words=min_words)
+    n = min(cfg.max_examples, len(ds))
+    rng = np.random.default_rng(cfg.seed)
+    rows = sorted(rng.choice(len(ds), size=n, replace=False).tolist())
+    sub = ds.select(rows)
+    return Sample(
+        ids=list(sub["id"]),
+        topics=list(sub["topic"]),
+        texts={lang: list(sub[lang]) for lang in cfg.languages},
+        split=cfg.split,
+    )

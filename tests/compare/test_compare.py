@@ -1,0 +1,130 @@
+"""End to end: compare two tiny models into a report folder; reuse; refusals; sanity checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from transferlens.compare import CompareConfig, applicable_analyses, compare
+from transferlens.models import tiny_model
+from transferlens.results import load_results
+
+pytestmark = pytest.mark.slow
+
+SMALL = dict(
+    languages=["en", "sv", "de"],
+    max_examples=12,
+    n_boot=50,
+    patch_prompts=8,
+    lens_items=20,
+    batch_size=8,
+    max_length=32,
+)
+
+
+def _pair():
+    base = tiny_model("llama", seed=0, n_ctx=128)
+    adapted = tiny_model("llama", seed=0, n_ctx=128)
+    with torch.no_grad():  # plant a change in the upper layer only
+        adapted.model.model.layers[1].mlp.down_proj.weight.mul_(1.5)
+    adapted._fingerprint = None
+    return base, adapted
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    base, adapted = _pair()
+    out = tmp_path_factory.mktemp("cmp") / "report"
+    html = compare(base, adapted, out, CompareConfig(**SMALL), progress=False)
+    return base, adapted, out, html
+
+
+def test_report_folder_is_complete_and_matches_the_models(report):
+    base, adapted, out, html = report
+    assert html.exists() and (out / "report.md").exists()
+    results, meta = load_results(out / "results.json")
+    names = {r.name for r in results}
+    for name in (
+        "behaviour_bpb",
+        "probe_accuracy",
+        "cka_matrix",
+        "cka_base_adapted",
+        "crosslingual",
+        "patch_cross_model",
+        "latent_language",
+        "weight_change",
+    ):
+        assert name in names, name
+    for r in results:
+        assert r.models == {"base": base.fingerprint, "adapted": adapted.fingerprint}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["base"]["fingerprint"] == base.fingerprint
+    assert manifest["complete"] is True and manifest["seed"] == 0
+    assert (out / "figures" / "cka_heatmaps.pdf").exists()
+    assert (out / "tables" / "behaviour_bpb.tex").exists()
+
+
+def test_planted_change_shows_where_it_was_planted(report):
+    _, _, out, _ = report
+    results, _ = load_results(out / "results.json")
+    by = {r.name: r for r in results}
+    wc = by["weight_change"]
+    assert all(r["value"] == 0.0 for r in wc.records if r["layer"] == 0)
+    assert any(r["value"] > 0.1 for r in wc.records if r["layer"] == 1 and r["module"] == "mlp")
+    # layers below the change are identical: base-adapted CKA exactly 1 there
+    per = by["cka_base_adapted"]
+    for r in per.records:
+        if r["layer"] in (0, 1):  # embeddings and block 0 output
+            assert r["value"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_rerun_reuses_finished_stages(report):
+    base, adapted, out, _ = report
+    compare(base, adapted, out, CompareConfig(**SMALL), progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages_computed"] == []
+    assert "behaviour" in manifest["stages_reused"]
+
+
+def test_same_model_twice_is_a_sanity_check(tmp_path):
+    base = tiny_model("gpt2", seed=3)
+    cfg = CompareConfig(
+        **dict(SMALL, languages=["en", "sv"]), analyses=["similarity", "patch", "weights"]
+    )
+    compare(base, base, tmp_path / "r", cfg, progress=False)
+    results, meta = load_results(tmp_path / "r" / "results.json")
+    by = {r.name: r for r in results}
+    assert any("same model was given twice" in w for w in meta["warnings"])
+    assert np.allclose([r["value"] for r in by["cka_base_adapted"].records], 1.0)
+    kl = [r["value"] for r in by["patch_cross_model_full"].records if r["metric"] == "kl"]
+    assert kl and np.allclose(kl, 0.0, atol=1e-6)
+    assert all(r["value"] == 0.0 for r in by["weight_change"].records)
+
+
+def test_different_tokenizers_skip_patching_with_reason():
+    from transferlens.models.tiny import tiny_tokenizer
+
+    a = tiny_model("llama", seed=0)
+    b = tiny_model("llama", seed=0, tokenizer=tiny_tokenizer(vocab_size=300))
+    can, cannot = applicable_analyses(a, b)
+    assert "patch" not in can and "tokenizers differ" in cannot["patch"]
+    enc = tiny_model("bert")
+    can, cannot = applicable_analyses(enc, enc)
+    assert "lens" in cannot and "unembedding" in cannot["lens"]
+
+
+def test_refuses_foreign_output_folder(tmp_path, capsys):
+    from transferlens.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    base = tiny_model("gpt2")
+    with pytest.raises(Exception, match="not a transferlens report"):
+        compare(base, base, tmp_path, CompareConfig(**SMALL), progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert main(["compare", "a.pt", "b.pt", "--analyses", "probe,magic"]) == 2
+    assert "unknown analysis 'magic'" in capsys.readouterr().err
+    assert main(["compare", "missing.pt", "b.pt"]) == 2
+    assert "no such file" in capsys.readouterr().err
