@@ -348,8 +348,13 @@ def latent_language_figure(result: AnalysisResult, style: Style) -> Figure:
                 ls=LINESTYLES[j % len(LINESTYLES)],
                 marker=MARKERS[j % len(MARKERS)],
             )
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("probability of answer")
+    tops = [
+        r.get("ci_high") if r.get("ci_high") is not None else r["value"]
+        for r in result.records
+        if r["value"] is not None
+    ]
+    ax.set_ylim(0, min(1.02, max(0.01, 1.15 * max(tops, default=1.0))))
+    ax.set_ylabel("probability of answer (logit lens)")
     _layer_axis(ax, _uniq(result.records, "layer"))
     _legend_below(fig, ax)
     return fig

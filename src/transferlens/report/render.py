@@ -276,7 +276,7 @@ def _write_tables(
     specs = [
         ("behaviour_bpb", "language", "model", "Held-out bits per byte per language (95% CI)."),
         ("behaviour_fertility", "language", "model", "Tokenizer fertility (tokens per word)."),
-        ("probe_best", "task", "model", "Best-layer probe accuracy and selectivity."),
+        ("probe_best", "task", "model", "Best-layer probe accuracy (95% CI)."),
         ("cka_summary", "language", "model", "Mean base–adapted CKA over layers."),
         ("task_accuracy", "task", "model", "Task accuracy by label log-likelihood."),
     ]
@@ -312,8 +312,12 @@ def _notes(meta: dict, by_name: dict[str, AnalysisResult]) -> list[str]:
     notes = list(meta.get("warnings", []))
     for s in meta.get("skipped", []):
         notes.append(f"Skipped {s.get('analysis')}: {s.get('reason')}")
+    seen = set(notes)
     for r in by_name.values():
-        notes += [f"{r.name}: {n}" for n in r.notes]
+        for n in r.notes:
+            if n not in seen and not n.startswith("0 "):  # "0 items dropped: ..." is no news
+                seen.add(n)
+                notes.append(f"{r.name}: {n}")
     return notes
 
 
