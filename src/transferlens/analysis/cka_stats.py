@@ -1,0 +1,264 @@
+"""Bootstrap intervals and permutation baselines for CKA, without recomputing from scratch.
+
+:func:`cka_bootstrap` and :func:`cka_permutation_test` give the same numbers as
+:func:`~transferlens.analysis.stats.bootstrap_ci` / :func:`~transferlens.analysis.stats.
+permutation_test` wrapped around :func:`~transferlens.analysis.similarity.cka` with the same
+seed (same draws, same statistic, equal to rounding), but much faster for linear CKA.
+
+Bootstrap (linear). A resample of units is a multiplicity ``w_i`` per row (``N = Σ w_i``);
+centring *within the resample* is exact through the weighted formulas, with ``K = XXᵀ``::
+
+    ‖C_xy‖² = wᵀ(K∘L)w − (2/N) Σ_i w_i (Kw)_i (Lw)_i + (wᵀKw)(wᵀLw)/N²
+
+(``C_xy`` the cross-covariance of the resampled, re-centred rows) and likewise for the unbiased
+HSIC with the diagonal terms removed. ``Kw = X(Xᵀw)`` costs ``O(n·p)`` per resample. The
+quadratic form ``wᵀ(K∘L)w`` is either aggregated once over units into a ``G × G`` matrix
+(``method="units"``, cost ``O(n²p)`` once, then ``O(G²)`` per resample) or computed as
+``‖Xᵀ diag(w) Y‖²_F`` per resample (``method="features"``, ``O(n·p²)`` per resample).
+
+Permutation. Permuting the rows of ``Y`` leaves both self terms unchanged; only the cross term
+is recomputed (``‖Xᵀ Y_π‖²`` or ``⟨K, L_ππ⟩``). For RBF CKA, the bandwidth does not change under
+a permutation and centring commutes with it, so the permuted kernel is exact too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+
+from transferlens.analysis.similarity import (
+    ArrayLike,
+    Kind,
+    _center,
+    _center_gram,
+    _debiased_dot,
+    _ratio,
+    check_pair,
+    cka,
+    gram_rbf,
+)
+from transferlens.analysis.stats import (
+    BootstrapResult,
+    PermutationResult,
+    Units,
+    bootstrap_ci,
+    finish_bootstrap,
+    permutation_draws,
+    summarize_null,
+    unit_draws,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["cka_bootstrap", "cka_permutation_test"]
+
+_CHUNK = 64  # resamples per vectorised chunk
+_MAX_UNITS = 2048
+
+
+def _unit_quadratics(Xc: torch.Tensor, Yc: torch.Tensor, ids: torch.Tensor, G: int):
+    """``Q_ab[g,h] = Σ_{i∈g, j∈h} A_ij B_ij`` for (K∘L, K∘K, L∘L), streamed by row blocks."""
+    n = Xc.shape[0]
+    Q = torch.zeros(3, G, G, dtype=torch.float64, device=Xc.device)
+    bsz = max(1, min(n, (64 * 2**20) // (8 * n)))
+    for r0 in range(0, n, bsz):
+        r1 = min(n, r0 + bsz)
+        K, L = Xc[r0:r1] @ Xc.T, Yc[r0:r1] @ Yc.T
+        for q, Z in enumerate((K * L, K * K, L * L)):
+            cols = torch.zeros(r1 - r0, G, dtype=torch.float64, device=Xc.device)
+            cols.index_add_(1, ids, Z)
+            Q[q].index_add_(0, ids[r0:r1], cols)
+    return Q
+
+
+def _cka_weighted(A, W, Xc, Yc, debiased: bool) -> torch.Tensor:
+    """CKA of resamples given quadratic forms ``A = (wᵀ(K∘L)w, wᵀ(K∘K)w, wᵀ(L∘L)w)`` and row
+    weights ``W`` (``c × n``), re-centred within each resample."""
+    a_xy, a_xx, a_yy = A
+    N = W.sum(1)
+    U, V = W @ Xc, W @ Yc  # Xᵀw, Yᵀw per resample
+    kw, lw = U @ Xc.T, V @ Yc.T  # (Kw)_i, (Lw)_i
+    wkw, wlw = U.square().sum(1), V.square().sum(1)
+    if not debiased:
+        xy = a_xy - 2.0 / N * (W * kw * lw).sum(1) + wkw * wlw / N**2
+        xx = a_xx - 2.0 / N * (W * kw * kw).sum(1) + wkw**2 / N**2
+        yy = a_yy - 2.0 / N * (W * lw * lw).sum(1) + wlw**2 / N**2
+    else:
+        dk, dl = Xc.square().sum(1), Yc.square().sum(1)
+        sk, sl = wkw - W @ dk, wlw - W @ dl
+        ek, el = kw - dk, lw - dl
+        c1, c2 = 1.0 / ((N - 1.0) * (N - 2.0)), 2.0 / (N - 2.0)
+        xy = a_xy - W @ (dk * dl) + sk * sl * c1 - c2 * (W * ek * el).sum(1)
+        xx = a_xx - W @ (dk * dk) + sk * sk * c1 - c2 * (W * ek * ek).sum(1)
+        yy = a_yy - W @ (dl * dl) + sl * sl * c1 - c2 * (W * el * el).sum(1)
+    return xy / torch.sqrt(xx * yy)
+
+
+def cka_bootstrap(
+    X: ArrayLike,
+    Y: ArrayLike,
+    *,
+    groups: Sequence[Hashable] | np.ndarray | None = None,
+    kind: Kind = "linear",
+    debiased: bool = False,
+    threshold: float = 1.0,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    keep_distribution: bool = False,
+    method: Literal["auto", "units", "features"] = "auto",
+    name: str | None = None,
+) -> BootstrapResult:
+    """CKA with a percentile bootstrap interval over units (rows or groups of rows).
+
+    The same draws and statistic as ``bootstrap_ci(lambda x, y: cka(x, y, ...), X, Y,
+    groups=groups, seed=seed)``; every resample is re-centred. Linear CKA uses the fast exact
+    formulas in the module docs; RBF CKA recomputes each resample (its bandwidth depends on
+    the resample's median distance).
+
+    Args:
+        X: ``n × p1`` activations.
+        Y: ``n × p2`` activations of the same examples.
+        groups: one unit id per row (paragraph, sentence); ``None``: rows are the units.
+        kind: ``"linear"`` or ``"rbf"``.
+        debiased: unbiased HSIC.
+        threshold: RBF bandwidth factor.
+        n_boot: number of resamples.
+        level: interval coverage.
+        seed: seed of the numpy Generator.
+        keep_distribution: keep the resampled values.
+        method: linear only: ``"units"`` (``G × G`` aggregation; needs ``G <= 2048``),
+            ``"features"`` or ``"auto"`` (cheaper of the two).
+        name: label of the data for error messages.
+
+    Returns:
+        :class:`~transferlens.analysis.stats.BootstrapResult`.
+    """
+    Xt, Yt = check_pair(
+        X, Y, name=name, min_n=4 if debiased else 2, why="debiased CKA (unbiased HSIC)"
+    )
+    if kind == "rbf":
+        return bootstrap_ci(
+            lambda x, y: cka(x, y, kind="rbf", threshold=threshold, debiased=debiased, name=name),
+            Xt,
+            Yt,
+            groups=groups,
+            n_boot=n_boot,
+            level=level,
+            seed=seed,
+            keep_distribution=keep_distribution,
+        )
+    if kind != "linear":
+        raise ValueError(f"kind must be 'linear' or 'rbf'; got {kind!r}")
+    value = cka(Xt, Yt, debiased=debiased, name=name)
+    units = Units(Xt.shape[0], groups)
+    n, p1, p2, G = Xt.shape[0], Xt.shape[1], Yt.shape[1], units.count
+    Xc, Yc = _center(Xt), _center(Yt)
+    Xc, Yc = Xc / torch.linalg.matrix_norm(Xc), Yc / torch.linalg.matrix_norm(Yc)
+    if method == "auto":
+        units_cost = 2.0 * n * n * (p1 + p2 + 3 * G / n + 3) + 3.0 * n_boot * G * G
+        feat_cost = 2.0 * n_boot * 0.64 * n * (p1 * p2 + p1 * p1 + p2 * p2)
+        method = "units" if G <= _MAX_UNITS and units_cost < feat_cost else "features"
+    if method not in ("units", "features"):
+        raise ValueError(f"method must be 'auto', 'units' or 'features'; got {method!r}")
+    if method == "units" and G > _MAX_UNITS:
+        raise ValueError(f"method='units' needs at most {_MAX_UNITS} units; got {G}")
+    logger.debug("cka_bootstrap: n=%d, %d units, method=%s", n, G, method)
+    ids = torch.from_numpy(units.ids).to(Xc.device)
+    Q = _unit_quadratics(Xc, Yc, ids, G) if method == "units" else None
+    dist = np.empty(n_boot)
+    draws = unit_draws(G, n_boot, seed)
+    for c0 in range(0, n_boot, _CHUNK):
+        chosen = [next(draws) for _ in range(min(_CHUNK, n_boot - c0))]
+        m = torch.from_numpy(
+            np.stack([np.bincount(ch, minlength=G) for ch in chosen]).astype(np.float64)
+        ).to(Xc.device)
+        W = m[:, ids]
+        if Q is not None:
+            A = [((m @ Q[q]) * m).sum(1) for q in range(3)]
+        else:
+            A = [torch.empty(len(chosen), dtype=torch.float64, device=Xc.device) for _ in range(3)]
+            for k in range(len(chosen)):
+                rows = torch.nonzero(W[k]).flatten()
+                xw = Xc[rows] * W[k, rows, None]
+                A[0][k] = (xw.T @ Yc[rows]).square().sum()
+                A[1][k] = (xw.T @ Xc[rows]).square().sum()
+                A[2][k] = ((Yc[rows] * W[k, rows, None]).T @ Yc[rows]).square().sum()
+        dist[c0 : c0 + len(chosen)] = _cka_weighted(A, W, Xc, Yc, debiased).cpu().numpy()
+    return finish_bootstrap(
+        value, dist, level=level, n_units=G, keep_distribution=keep_distribution
+    )
+
+
+def cka_permutation_test(
+    X: ArrayLike,
+    Y: ArrayLike,
+    *,
+    kind: Kind = "linear",
+    debiased: bool = False,
+    threshold: float = 1.0,
+    n_perm: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    keep_null: bool = False,
+    name: str | None = None,
+) -> PermutationResult:
+    """Permutation baseline for CKA: the rows of ``Y`` are permuted ``n_perm`` times.
+
+    Same draws and numbers as ``permutation_test(lambda x, y: cka(x, y, ...), X, Y,
+    seed=seed)``, but only the cross term is recomputed per permutation.
+
+    Args:
+        X: ``n × p1`` activations.
+        Y: ``n × p2`` activations of the same examples.
+        kind: ``"linear"`` or ``"rbf"``.
+        debiased: unbiased HSIC.
+        threshold: RBF bandwidth factor.
+        n_perm: number of permutations.
+        seed: seed of the numpy Generator.
+        level: quantile of the null reported as ``null_quantile``.
+        keep_null: keep the null distribution.
+        name: label of the data for error messages.
+
+    Returns:
+        :class:`~transferlens.analysis.stats.PermutationResult` (one-sided, "greater").
+    """
+    Xt, Yt = check_pair(
+        X, Y, name=name, min_n=4 if debiased else 2, why="debiased CKA (unbiased HSIC)"
+    )
+    n, p1, p2 = Xt.shape[0], Xt.shape[1], Yt.shape[1]
+    value = cka(Xt, Yt, kind=kind, debiased=debiased, threshold=threshold, name=name)
+    null = np.empty(n_perm)
+    perms = permutation_draws(n, n_perm, seed)
+    if kind == "rbf" or (2 * n < p1 * p2 and n * n * 8 * 2 <= 2**30):
+        if kind == "rbf":
+            K, L = gram_rbf(Xt, threshold, name=name), gram_rbf(Yt, threshold, name=name)
+        elif kind == "linear":
+            Xc, Yc = _center(Xt), _center(Yt)
+            K, L = Xc @ Xc.T, Yc @ Yc.T
+        else:
+            raise ValueError(f"kind must be 'linear' or 'rbf'; got {kind!r}")
+        Kc, Lc = _center_gram(K, debiased), _center_gram(L, debiased)
+        norm = torch.sqrt(Kc.square().sum() * Lc.square().sum())
+        for k, perm in enumerate(perms):
+            pt = torch.from_numpy(perm).to(Lc.device)
+            null[k] = float((Kc * Lc[pt][:, pt]).sum() / norm)
+    else:
+        Xc, Yc = _center(Xt), _center(Yt)
+        r, s = Xc.square().sum(1), Yc.square().sum(1)
+        fx, fy = r.sum(), s.sum()
+        xx, yy = (Xc.T @ Xc).square().sum(), (Yc.T @ Yc).square().sum()
+        if debiased:
+            xx = _debiased_dot(xx, r @ r, fx * fx, n)
+            yy = _debiased_dot(yy, s @ s, fy * fy, n)
+        for k, perm in enumerate(perms):
+            pt = torch.from_numpy(perm).to(Yc.device)
+            xy = (Xc.T @ Yc[pt]).square().sum()
+            if debiased:
+                xy = _debiased_dot(xy, r @ s[pt], fx * fy, n)
+            null[k] = _ratio(xy, xx, yy, name)
+    return summarize_null(value, null, level=level, alternative="greater", keep_null=keep_null)
