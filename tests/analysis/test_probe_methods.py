@@ -302,6 +302,7 @@ class _PenalisedLinear:
         return self.fit_.log_proba(X)[0, 0].exp().numpy()
 
 
+@pytest.mark.slow
 def test_mdl_batched_blocks_match_one_fit_at_a_time():
     X, y, g = _examples(n_ex=200, per=2, L=1, signal=(1.0,))
     cfg = ProbeConfig(tol=1e-9)
