@@ -265,7 +265,7 @@ def test_torch_and_low_precision_inputs(dt):
     assert Xt.dtype == dt and not Xt.requires_grad  # inputs untouched
 
 
-def test_gram_helpers_return_the_input_kind():
+def test_gram_functions_return_the_input_kind():
     X, _ = golden_data()
     assert isinstance(gram_linear(X), np.ndarray)
     assert isinstance(gram_rbf(torch.from_numpy(X)), torch.Tensor)
