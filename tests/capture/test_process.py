@@ -76,7 +76,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path):
     job.write_text(JOB)
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, str(job), str(out), "0.5"], stdout=subprocess.PIPE, text=True, env=_env()
+        [sys.executable, str(job), str(out), "2.0"], stdout=subprocess.PIPE, text=True, env=_env()
     )
     seen = []
     try:
@@ -90,7 +90,8 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path):
     assert proc.returncode == -signal.SIGKILL, seen
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] is False
-    assert manifest["finished"] == [0, 1] and len(manifest["shards"]) > 3
+    finished = manifest["finished"]
+    assert finished[:2] == [0, 1] and len(finished) < len(manifest["shards"]) - 1
     mod = _load(job)
     resumed = mod.run(out)  # the same call resumes
     assert resumed.manifest["complete"] is True

@@ -54,7 +54,11 @@ def tiny_pair(tmp_path_factory):
         base, adapted = train_pair(out, preset="tiny", seed=0)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return SimpleNamespace(
-        dir=out, base=base, adapted=adapted, wall_s=wall, cpu_s=cpu,
+        dir=out,
+        base=base,
+        adapted=adapted,
+        wall_s=wall,
+        cpu_s=cpu,
         base_metrics=read_checkpoint(base)["provenance"]["metrics"],
         adapted_metrics=read_checkpoint(adapted)["provenance"]["metrics"],
     )
@@ -67,9 +71,22 @@ def micro_cfg():
     from transferlens.training import PretrainConfig
 
     def make(**kw):
-        base = dict(steps=6, batch_size=4, seq_len=32, vocab_size=320, n_layers=1, d_model=32,
-                    n_heads=2, d_ff=64, lr=3e-3, warmup_steps=2, eval_every=0, eval_texts=4,
-                    save_every=0, log_every=1)
+        base = dict(
+            steps=6,
+            batch_size=4,
+            seq_len=32,
+            vocab_size=320,
+            n_layers=1,
+            d_model=32,
+            n_heads=2,
+            d_ff=64,
+            lr=3e-3,
+            warmup_steps=2,
+            eval_every=0,
+            eval_texts=4,
+            save_every=0,
+            log_every=1,
+        )
         base.update(kw)
         return PretrainConfig.from_dict(base)
 

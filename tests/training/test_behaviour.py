@@ -63,8 +63,11 @@ def test_long_texts_are_scored_in_windows_each_token_once(handle):
     length = 8
     res = token_nll(handle, [text], max_length=length)
     assert res.n_tokens[0] == len(ids) - 1
-    expected = sum(_reference_nll(handle.model, ids[s : s + length])
-                   for s in range(0, len(ids) - 1, length - 1) if len(ids[s : s + length]) > 1)
+    expected = sum(
+        _reference_nll(handle.model, ids[s : s + length])
+        for s in range(0, len(ids) - 1, length - 1)
+        if len(ids[s : s + length]) > 1
+    )
     assert res.nll[0] == pytest.approx(expected, rel=1e-5)
 
 
@@ -103,12 +106,15 @@ def test_encode_prompt_response_plain_and_chat(tiny_tok):
     import copy
 
     tok = copy.deepcopy(tiny_tok)
-    tok.chat_template = ("{% for m in messages %}<|bos|>{{ m['role'] }}: {{ m['content'] }}"
-                         "<|eos|>{% endfor %}{% if add_generation_prompt %}<|bos|>assistant: "
-                         "{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<|bos|>{{ m['role'] }}: {{ m['content'] }}"
+        "<|eos|>{% endfor %}{% if add_generation_prompt %}<|bos|>assistant: "
+        "{% endif %}"
+    )
     p, r = encode_prompt_response(tok, "hi", "Calc")
-    full = tok.apply_chat_template([{"role": "user", "content": "hi"},
-                                    {"role": "assistant", "content": "Calc"}], tokenize=True)
+    full = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Calc"}], tokenize=True
+    )
     full = full["input_ids"] if hasattr(full, "keys") else full
     assert p + r == list(full)
     assert tok.decode(r) == "Calc<|eos|>"

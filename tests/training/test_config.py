@@ -28,13 +28,23 @@ def test_round_trip_through_json(cls):
 
 
 def test_unknown_field_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown adapt config field\(s\) stepz; valid fields:.*steps"):
+    with pytest.raises(
+        ValueError, match=r"unknown adapt config field\(s\) stepz; valid fields:.*steps"
+    ):
         AdaptConfig.from_dict({"stepz": 3})
 
 
 def test_strings_are_coerced_like_command_line_values():
-    cfg = AdaptConfig.from_dict({"lr": "0.01", "steps": "5", "cpu": "true", "max_examples": "None",
-                                 "target_modules": "q_proj, v_proj", "tuning": "lora"})
+    cfg = AdaptConfig.from_dict(
+        {
+            "lr": "0.01",
+            "steps": "5",
+            "cpu": "true",
+            "max_examples": "None",
+            "target_modules": "q_proj, v_proj",
+            "tuning": "lora",
+        }
+    )
     assert (cfg.lr, cfg.steps, cfg.cpu, cfg.max_examples) == (0.01, 5, True, None)
     assert cfg.target_modules == ["q_proj", "v_proj"]
     with pytest.raises(ValueError, match="steps must be int, got 'x'"):

@@ -28,8 +28,17 @@ def _model(tiny_tok, seed=0):
 
 
 def _cfg(**kw):
-    base = dict(steps=8, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=0, save_every=0,
-                log_every=1, seq_len=16, cpu=True)
+    base = dict(
+        steps=8,
+        batch_size=4,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_every=0,
+        save_every=0,
+        log_every=1,
+        seq_len=16,
+        cpu=True,
+    )
     base.update(kw)
     return PretrainConfig.from_dict(base)
 
@@ -71,8 +80,9 @@ def test_loop_trains_logs_and_restores_caller_rng(tiny_tok, tmp_path):
     expected_next = torch.rand(3)
     torch.manual_seed(123)
     cfg = _cfg(steps=30, lr=1e-2, warmup_steps=3, log_every=5)
-    res = run_loop(model, data, lm_collate, lm_loss, cfg, tmp_path / "run",
-                   eval_fn=lambda m: {"probe": 1.0})
+    res = run_loop(
+        model, data, lm_collate, lm_loss, cfg, tmp_path / "run", eval_fn=lambda m: {"probe": 1.0}
+    )
     assert torch.equal(torch.rand(3), expected_next)  # the loop forked the global RNG
     lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [5, 10, 15, 20, 25, 30]
@@ -106,8 +116,11 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(tiny_to
         return (loss * float("nan") if calls["n"] == 5 else loss), stats
 
     model = _model(tiny_tok)
-    with pytest.raises(DivergenceError, match=r"loss became nan at step 5; the last good state "
-                                              r"is kept in .*state\.pt") as info:
+    with pytest.raises(
+        DivergenceError,
+        match=r"loss became nan at step 5; the last good state "
+        r"is kept in .*state\.pt",
+    ) as info:
         run_loop(model, _blocks(), lm_collate, poisoned, _cfg(save_every=2), tmp_path / "r")
     assert "\n" not in str(info.value)
     state = torch.load(tmp_path / "r" / "state.pt", weights_only=True)
@@ -134,7 +147,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_tok, tmp_path):
     res = run_loop(_model(tiny_tok, seed=9), data, lm_collate, lm_loss, cfg, tmp_path / "cut")
     assert res.resumed_from == 6
     assert fingerprint(res.model) == fingerprint(full)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(x)["step"] for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(1, 11))  # lines after the saved step were dropped and redone
 
 
@@ -149,11 +164,19 @@ def test_state_of_another_run_is_refused(tiny_tok, tmp_path):
         return lm_loss(model, batch)
 
     with pytest.raises(KeyboardInterrupt):
-        run_loop(_model(tiny_tok), _blocks(), lm_collate, crash_at_3, cfg, tmp_path / "r",
-                 run_key={"lr": 1})
+        run_loop(
+            _model(tiny_tok),
+            _blocks(),
+            lm_collate,
+            crash_at_3,
+            cfg,
+            tmp_path / "r",
+            run_key={"lr": 1},
+        )
     with pytest.raises(ValueError, match="holds the saved state of a different run"):
-        run_loop(_model(tiny_tok), _blocks(), lm_collate, lm_loss, cfg, tmp_path / "r",
-                 run_key={"lr": 2})
+        run_loop(
+            _model(tiny_tok), _blocks(), lm_collate, lm_loss, cfg, tmp_path / "r", run_key={"lr": 2}
+        )
 
 
 def test_model_without_trainable_parameters_is_an_error(tiny_tok, tmp_path):

@@ -63,8 +63,16 @@ def test_dpo_raises_preference_and_the_swapped_control_lowers_it(tiny_pair, tmp_
 
 
 def test_lora_adapt_stores_only_the_adapter_and_loads_merged_or_not(tiny_pair, tmp_path):
-    cfg = preset_config("adapt", "tiny", tuning="lora", steps=4, max_examples=200,
-                        target_modules=["q_proj", "v_proj"], lr=1e-2, eval_texts=4)
+    cfg = preset_config(
+        "adapt",
+        "tiny",
+        tuning="lora",
+        steps=4,
+        max_examples=200,
+        target_modules=["q_proj", "v_proj"],
+        lr=1e-2,
+        eval_texts=4,
+    )
     res = adapt(tiny_pair.base, tmp_path / "lora.pt", cfg)
     doc = read_checkpoint(res.path)
     assert doc["state_dict"] is None
@@ -85,8 +93,7 @@ def test_lora_adapt_stores_only_the_adapter_and_loads_merged_or_not(tiny_pair, t
 
 
 def test_adapt_with_vocabulary_extension_records_it(tiny_pair, tmp_path):
-    cfg = preset_config("adapt", "tiny", extend_vocab=64, steps=4, max_examples=400,
-                        eval_texts=8)
+    cfg = preset_config("adapt", "tiny", extend_vocab=64, steps=4, max_examples=400, eval_texts=8)
     res = adapt(tiny_pair.base, tmp_path / "ext.pt", cfg)
     prov = read_checkpoint(res.path)["provenance"]
     ext = prov["vocab_extension"]

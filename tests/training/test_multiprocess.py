@@ -47,12 +47,26 @@ def test_two_cpu_processes_see_different_data_and_end_with_equal_weights(tmp_pat
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT)
     src = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -33,9 +33,18 @@ def test_train_bpe_specials_roundtrip_and_determinism(texts):
 def _tiny_lm(vocab, tie=True, seed=0):
     import transformers as tf
 
-    cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                         tie_word_embeddings=tie, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    cfg = tf.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=tie,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
     torch.manual_seed(seed)
     return tf.LlamaForCausalLM(cfg)
 

@@ -259,7 +259,9 @@ def fertility(tokenizer: Any, texts: Sequence[str]) -> Fertility:
     """Tokens per word of ``tokenizer`` on ``texts`` (per-text counts; ``.value`` = ratio)."""
     if len(texts) == 0:
         raise ValueError("no texts")
-    toks = np.array([len(tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]) for t in texts])
+    toks = np.array(
+        [len(tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]) for t in texts]
+    )
     words = np.array([len(t.split()) for t in texts])
     return Fertility(n_tokens=toks.astype(np.int64), n_words=words.astype(np.int64))
 

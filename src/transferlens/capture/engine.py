@@ -107,16 +107,13 @@ class CaptureEngine:
         try:
             with self._grad_context():
                 self.handle.model(**kwargs)
-            missing = [str(s) for s in self.sites if str(s) not in self._out]
-            if missing:
-                raise RuntimeError(
-                    f"sites {', '.join(missing)} were not reached by the forward pass"
-                )
-            return self._out
+            out = self._out
         finally:
-            self._rows, out = None, self._out
-            self._out = {}
-            del out
+            self._rows, self._out = None, {}
+        missing = [str(s) for s in self.sites if str(s) not in out]
+        if missing:
+            raise RuntimeError(f"sites {', '.join(missing)} were not reached by the forward pass")
+        return out
 
 
 @contextlib.contextmanager

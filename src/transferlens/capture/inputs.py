@@ -254,7 +254,7 @@ class ExampleSource:
         if not ex.text.strip():
             raise ValueError(f"example {ex.id!r} has empty text; remove it from the data")
         if not ex.word_spans:
-            spans = tuple((m.start(), m.end()) for m in _WORD_RE.finditer(ex.text))
+            spans = tuple(m.span() for m in _WORD_RE.finditer(ex.text))
             ex = Example(
                 index=ex.index,
                 id=ex.id,

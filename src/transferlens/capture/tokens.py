@@ -140,9 +140,13 @@ def encode(
     if fast:
         kw["return_offsets_mapping"] = True
     full = tokenizer(texts, **kw)
-    cut = full
-    if truncate and max_len is not None and any(len(x) > max_len for x in full["input_ids"]):
-        cut = tokenizer(texts, truncation=True, max_length=max_len, **kw)
+    cut = {k: list(v) for k, v in full.items()}
+    over = [i for i, x in enumerate(full["input_ids"]) if max_len is not None and len(x) > max_len]
+    if truncate and over:  # the tokenizer's own truncation (keeps BOS/EOS), long ones only
+        again = tokenizer([texts[i] for i in over], truncation=True, max_length=max_len, **kw)
+        for j, i in enumerate(over):
+            for k in cut:
+                cut[k][i] = again[k][j]
     special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
     out = []
     for i, ex in enumerate(examples):

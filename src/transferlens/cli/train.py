@@ -79,18 +79,38 @@ def pretrain_cmd(
     preset: str = _PRESET,
     languages: str = typer.Option(None, "--languages", help="corpus languages, e.g. en,de"),
     arch: str = typer.Option(None, "--arch", help="llama or gpt2"),
-    steps: int = _STEPS, lr: float = _LR, batch_size: int = _BATCH, grad_accum: int = _ACCUM,
-    seed: int = _SEED, set_: list[str] = _SET, overwrite: bool = _OVERWRITE,
+    steps: int = _STEPS,
+    lr: float = _LR,
+    batch_size: int = _BATCH,
+    grad_accum: int = _ACCUM,
+    seed: int = _SEED,
+    set_: list[str] = _SET,
+    overwrite: bool = _OVERWRITE,
     no_resume: bool = _NO_RESUME,
 ) -> None:
     """Train a BPE tokenizer and a small causal LM from scratch (default: English + German)."""
     from ..training import pretrain
 
-    opts = dict(languages=languages, arch=arch, steps=steps, lr=lr, batch_size=batch_size,
-                grad_accum=grad_accum, seed=seed)
+    opts = dict(
+        languages=languages,
+        arch=arch,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        seed=seed,
+    )
     cfg = _config("pretrain", preset, opts, set_)
-    _report(pretrain(out, cfg, overwrite=overwrite, resume=not no_resume, preset=preset,
-                     command=_command(ctx)))
+    _report(
+        pretrain(
+            out,
+            cfg,
+            overwrite=overwrite,
+            resume=not no_resume,
+            preset=preset,
+            command=_command(ctx),
+        )
+    )
 
 
 @train_app.command("adapt")
@@ -100,21 +120,46 @@ def adapt_cmd(
     out: str = typer.Argument(..., help="output checkpoint (.pt)"),
     preset: str = _PRESET,
     language: str = typer.Option(None, "--language", help="target language (default sv)"),
-    tuning: str = _TUNING, target_modules: str = _TARGETS, lora_r: int = _LORA_R,
+    tuning: str = _TUNING,
+    target_modules: str = _TARGETS,
+    lora_r: int = _LORA_R,
     extend_vocab: int = typer.Option(None, "--extend-vocab", help="new target-language tokens"),
-    steps: int = _STEPS, lr: float = _LR, batch_size: int = _BATCH, grad_accum: int = _ACCUM,
-    seed: int = _SEED, set_: list[str] = _SET, overwrite: bool = _OVERWRITE,
+    steps: int = _STEPS,
+    lr: float = _LR,
+    batch_size: int = _BATCH,
+    grad_accum: int = _ACCUM,
+    seed: int = _SEED,
+    set_: list[str] = _SET,
+    overwrite: bool = _OVERWRITE,
     no_resume: bool = _NO_RESUME,
 ) -> None:
     """Continue pretraining PARENT on a new language (full or LoRA)."""
     from ..training import adapt
 
-    opts = dict(language=language, tuning=tuning, target_modules=target_modules, lora_r=lora_r,
-                extend_vocab=extend_vocab, steps=steps, lr=lr, batch_size=batch_size,
-                grad_accum=grad_accum, seed=seed)
+    opts = dict(
+        language=language,
+        tuning=tuning,
+        target_modules=target_modules,
+        lora_r=lora_r,
+        extend_vocab=extend_vocab,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        seed=seed,
+    )
     cfg = _config("adapt", preset, opts, set_)
-    _report(adapt(parent, out, cfg, overwrite=overwrite, resume=not no_resume, preset=preset,
-                  command=_command(ctx)))
+    _report(
+        adapt(
+            parent,
+            out,
+            cfg,
+            overwrite=overwrite,
+            resume=not no_resume,
+            preset=preset,
+            command=_command(ctx),
+        )
+    )
 
 
 @train_app.command("sft")
@@ -125,20 +170,45 @@ def sft_cmd(
     preset: str = _PRESET,
     task: str = typer.Option(None, "--task", help="topic, translation, or a JSONL file"),
     eval_data: str = typer.Option(None, "--eval-data", help="held-out JSONL for a user task"),
-    tuning: str = _TUNING, target_modules: str = _TARGETS, lora_r: int = _LORA_R,
-    steps: int = _STEPS, lr: float = _LR, batch_size: int = _BATCH, grad_accum: int = _ACCUM,
-    seed: int = _SEED, set_: list[str] = _SET, overwrite: bool = _OVERWRITE,
+    tuning: str = _TUNING,
+    target_modules: str = _TARGETS,
+    lora_r: int = _LORA_R,
+    steps: int = _STEPS,
+    lr: float = _LR,
+    batch_size: int = _BATCH,
+    grad_accum: int = _ACCUM,
+    seed: int = _SEED,
+    set_: list[str] = _SET,
+    overwrite: bool = _OVERWRITE,
     no_resume: bool = _NO_RESUME,
 ) -> None:
     """Instruction-tune PARENT on prompt/response pairs (loss on the response only)."""
     from ..training import sft
 
-    opts = dict(task=task, eval_data=eval_data, tuning=tuning, target_modules=target_modules,
-                lora_r=lora_r, steps=steps, lr=lr, batch_size=batch_size,
-                grad_accum=grad_accum, seed=seed)
+    opts = dict(
+        task=task,
+        eval_data=eval_data,
+        tuning=tuning,
+        target_modules=target_modules,
+        lora_r=lora_r,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        seed=seed,
+    )
     cfg = _config("sft", preset, opts, set_)
-    _report(sft(parent, out, cfg, overwrite=overwrite, resume=not no_resume, preset=preset,
-                command=_command(ctx)))
+    _report(
+        sft(
+            parent,
+            out,
+            cfg,
+            overwrite=overwrite,
+            resume=not no_resume,
+            preset=preset,
+            command=_command(ctx),
+        )
+    )
 
 
 @train_app.command("dpo")
@@ -151,17 +221,44 @@ def dpo_cmd(
     eval_data: str = typer.Option(None, "--eval-data", help="held-out JSONL for user pairs"),
     beta: float = typer.Option(None, "--beta", help="DPO beta"),
     swap: bool = typer.Option(False, "--swap", help="swap chosen/rejected (negative control)"),
-    tuning: str = _TUNING, target_modules: str = _TARGETS, lora_r: int = _LORA_R,
-    steps: int = _STEPS, lr: float = _LR, batch_size: int = _BATCH, grad_accum: int = _ACCUM,
-    seed: int = _SEED, set_: list[str] = _SET, overwrite: bool = _OVERWRITE,
+    tuning: str = _TUNING,
+    target_modules: str = _TARGETS,
+    lora_r: int = _LORA_R,
+    steps: int = _STEPS,
+    lr: float = _LR,
+    batch_size: int = _BATCH,
+    grad_accum: int = _ACCUM,
+    seed: int = _SEED,
+    set_: list[str] = _SET,
+    overwrite: bool = _OVERWRITE,
     no_resume: bool = _NO_RESUME,
 ) -> None:
     """Preference-tune PARENT with DPO on (prompt, chosen, rejected) triples."""
     from ..training import dpo
 
-    opts = dict(pairs=pairs, eval_data=eval_data, beta=beta, swap=swap or None, tuning=tuning,
-                target_modules=target_modules, lora_r=lora_r, steps=steps, lr=lr,
-                batch_size=batch_size, grad_accum=grad_accum, seed=seed)
+    opts = dict(
+        pairs=pairs,
+        eval_data=eval_data,
+        beta=beta,
+        swap=swap or None,
+        tuning=tuning,
+        target_modules=target_modules,
+        lora_r=lora_r,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        seed=seed,
+    )
     cfg = _config("dpo", preset, opts, set_)
-    _report(dpo(parent, out, cfg, overwrite=overwrite, resume=not no_resume, preset=preset,
-                command=_command(ctx)))
+    _report(
+        dpo(
+            parent,
+            out,
+            cfg,
+            overwrite=overwrite,
+            resume=not no_resume,
+            preset=preset,
+            command=_command(ctx),
+        )
+    )

@@ -92,12 +92,12 @@ def adapt(
         check_target_modules(model, config.target_modules)
     source = "user" if texts is not None else "corpus"
     if texts is None:
-        texts = corpus_texts([lang], "train", max_texts=config.max_examples,
-                             seed=config.seed)[lang]
+        texts = corpus_texts([lang], "train", max_texts=config.max_examples, seed=config.seed)[lang]
     texts = [t for t in texts if t.strip()]
     if eval_texts is None:
-        eval_texts = corpus_texts([lang, *others], "test", max_texts=config.eval_texts,
-                                  seed=config.seed)
+        eval_texts = corpus_texts(
+            [lang, *others], "test", max_texts=config.eval_texts, seed=config.seed
+        )
     metrics = {}
     if acc.is_main_process:
         before = bpb_by_language(model, tok, eval_texts)
@@ -114,31 +114,59 @@ def adapt(
             p.requires_grad_(True)
     blocks = pack_texts(tok, texts, config.seq_len)
     data = {
-        "source": source, "language": lang, "split": "train", "n_texts": len(texts),
-        "n_tokens": int(blocks.numel()), "n_blocks": int(blocks.shape[0]),
+        "source": source,
+        "language": lang,
+        "split": "train",
+        "n_texts": len(texts),
+        "n_tokens": int(blocks.numel()),
+        "n_blocks": int(blocks.shape[0]),
         "eval": {"split": "test", "n_texts": {k: len(v) for k, v in eval_texts.items()}},
     }
-    run_key = {"method": "adapt", "config": config.to_dict(), "data": data,
-               "parent": parent_rec["fingerprint"], "tokenizer": tokenizer_sha(tok)}
+    run_key = {
+        "method": "adapt",
+        "config": config.to_dict(),
+        "data": data,
+        "parent": parent_rec["fingerprint"],
+        "tokenizer": tokenizer_sha(tok),
+    }
     loop = run_loop(
-        model, list(blocks), lm_collate, lm_loss, config, run_dir,
-        eval_fn=lambda m: bpb_by_language(m, tok, eval_texts), run_key=run_key,
-        accelerator=acc, label=f"adapt:{lang}",
+        model,
+        list(blocks),
+        lm_collate,
+        lm_loss,
+        config,
+        run_dir,
+        eval_fn=lambda m: bpb_by_language(m, tok, eval_texts),
+        run_key=run_key,
+        accelerator=acc,
+        label=f"adapt:{lang}",
     )
     metrics.update(loop.eval)
     if acc.is_main_process:
         metrics["fertility"] = fertility(tok, eval_texts.get(lang, texts)).value
     provenance = {
-        "method": "adapt", "tuning": config.tuning, "parent": parent_rec,
-        "config": config.to_dict(), "preset": preset, "data": data, "seed": config.seed,
-        "metrics": metrics, "vocab_extension": vocab,
-        "training": training_record(loop, config, acc), "command": command,
+        "method": "adapt",
+        "tuning": config.tuning,
+        "parent": parent_rec,
+        "config": config.to_dict(),
+        "preset": preset,
+        "data": data,
+        "seed": config.seed,
+        "metrics": metrics,
+        "vocab_extension": vocab,
+        "training": training_record(loop, config, acc),
+        "command": command,
     }
     adapter = None
     if lcfg is not None:
         adapter = adapter_record(loop.model, lcfg, relative_parent(parent_rec, out))
     finish(out, run_dir, loop.model, tok, provenance, acc, adapter=adapter)
-    return TrainResult(path=out, metrics=metrics, run_dir=run_dir, steps=loop.steps,
-                       tokens=loop.tokens, seconds=time.perf_counter() - t0,
-                       provenance=provenance)
-
+    return TrainResult(
+        path=out,
+        metrics=metrics,
+        run_dir=run_dir,
+        steps=loop.steps,
+        tokens=loop.tokens,
+        seconds=time.perf_counter() - t0,
+        provenance=provenance,
+    )

@@ -73,8 +73,9 @@ def run_dir_for(out: Path) -> Path:
     return out.with_suffix(".run")
 
 
-def prepare_output(out: str | os.PathLike, overwrite: bool, resume: bool,
-                   accelerator: Any) -> tuple[Path, Path]:
+def prepare_output(
+    out: str | os.PathLike, overwrite: bool, resume: bool, accelerator: Any
+) -> tuple[Path, Path]:
     """Check the output path; returns (checkpoint path, run folder).
 
     With ``overwrite`` the run folder is cleared by the main process (training starts over);
@@ -178,8 +179,9 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     return out.loss, {"tokens": ids.numel()}
 
 
-def bpb_by_language(model: nn.Module, tokenizer: Any, texts: dict[str, list[str]],
-                    batch_size: int = 16) -> dict[str, float]:
+def bpb_by_language(
+    model: nn.Module, tokenizer: Any, texts: dict[str, list[str]], batch_size: int = 16
+) -> dict[str, float]:
     """Held-out bits per byte per language (``bpb_<lang>``) and nats per token (``loss_<lang>``)."""
     handle = SimpleNamespace(model=model, tokenizer=tokenizer)
     out = {}
@@ -211,8 +213,16 @@ def parent_record(handle: Any) -> dict[str, str]:
     return {"path": path, "fingerprint": handle.fingerprint}
 
 
-def finish(out: Path, run_dir: Path, model: nn.Module, tokenizer: Any, provenance: dict,
-           accelerator: Any, *, adapter: dict | None = None) -> None:
+def finish(
+    out: Path,
+    run_dir: Path,
+    model: nn.Module,
+    tokenizer: Any,
+    provenance: dict,
+    accelerator: Any,
+    *,
+    adapter: dict | None = None,
+) -> None:
     """Write the checkpoint (main process), then drop the resumable state."""
     from ..models import save_checkpoint
 
@@ -225,8 +235,9 @@ def finish(out: Path, run_dir: Path, model: nn.Module, tokenizer: Any, provenanc
     accelerator.wait_for_everyone()
 
 
-def fit_pair(prompt_ids: list[int], response_ids: list[int], seq_len: int
-             ) -> tuple[list[int], list[int]] | None:
+def fit_pair(
+    prompt_ids: list[int], response_ids: list[int], seq_len: int
+) -> tuple[list[int], list[int]] | None:
     """Cut a (prompt, response) pair to ``seq_len`` tokens by dropping prompt tokens after the
     first one from the left; None when the response alone does not fit."""
     if len(prompt_ids) + len(response_ids) <= seq_len:
@@ -242,14 +253,18 @@ def held_out_split(items: list, fraction: float, seed: int) -> tuple[list, list]
     import random
 
     if len(items) < 2:
-        raise ValueError(f"too little data: {len(items)} example(s); need at least 2 to hold "
-                         "one out (or pass eval data)")
+        raise ValueError(
+            f"too little data: {len(items)} example(s); need at least 2 to hold "
+            "one out (or pass eval data)"
+        )
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     k = max(1, round(fraction * len(items)))
     held = set(order[:k])
-    return ([x for i, x in enumerate(items) if i not in held],
-            [x for i, x in enumerate(items) if i in held])
+    return (
+        [x for i, x in enumerate(items) if i not in held],
+        [x for i, x in enumerate(items) if i in held],
+    )
 
 
 def relative_parent(parent: dict[str, str], out: Path) -> dict[str, str]:

@@ -150,7 +150,9 @@ class TrainConfig:
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.schedule not in _SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(_SCHEDULES)}")
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; use one of {', '.join(_SCHEDULES)}"
+            )
         if self.mixed_precision not in _PRECISIONS:
             raise ValueError(
                 f"unknown mixed_precision {self.mixed_precision!r}; use one of "
@@ -177,18 +179,22 @@ class PretrainConfig(TrainConfig):
         max_texts: use at most this many training texts per language (None = all).
         eval_languages: languages of the held-out evaluation (None = ``languages`` plus
             Swedish, so the log shows the unseen language too).
+
+    Defaults that differ from :class:`TrainConfig`: ``steps=260``, ``lr=5e-3``.
     """
 
     method: ClassVar[str] = "pretrain"
 
+    steps: int = 260
+    lr: float = 5e-3
     languages: list[str] = field(default_factory=lambda: ["en", "de"])
     arch: str = "llama"
     vocab_size: int = 4096
     n_layers: int = 4
-    d_model: int = 128
+    d_model: int = 96
     n_heads: int = 4
     n_kv_heads: int | None = None
-    d_ff: int = 384
+    d_ff: int = 288
     max_texts: int | None = None
     eval_languages: list[str] | None = None
 
@@ -258,10 +264,14 @@ class AdaptConfig(FinetuneConfig):
             (0 = keep the vocabulary); new embeddings start as the mean of the embeddings of
             their pieces under the old tokenizer. Full fine-tuning only.
         eval_languages: other languages whose held-out loss is reported (forgetting).
+
+    Defaults that differ from :class:`TrainConfig`: ``steps=150``, ``lr=5e-3``.
     """
 
     method: ClassVar[str] = "adapt"
 
+    steps: int = 150
+    lr: float = 5e-3
     language: str = "sv"
     extend_vocab: int = 0
     eval_languages: list[str] = field(default_factory=lambda: ["en", "de"])
@@ -292,10 +302,17 @@ class SFTConfig(FinetuneConfig):
         topics: corpus topics of the topic task (None = every help module).
         max_label_candidates: a user task with at most this many distinct responses is
             also scored as classification (log-likelihood of each response).
+
+    Defaults that differ from :class:`TrainConfig`: ``steps=250``, ``batch_size=32``,
+    ``lr=5e-3``, ``eval_texts=400`` (held-out examples).
     """
 
     method: ClassVar[str] = "sft"
 
+    steps: int = 250
+    batch_size: int = 32
+    lr: float = 5e-3
+    eval_texts: int = 400
     task: str = "topic"
     eval_data: str | None = None
     eval_fraction: float = 0.1
@@ -325,10 +342,20 @@ class DPOConfig(FinetuneConfig):
         swap: exchange chosen and rejected (the negative control).
         source: source language of the built-in prompts.
         target: language of the chosen answers.
+
+    Defaults that differ from :class:`FinetuneConfig`: ``steps=100``, ``batch_size=8``
+    (triples), ``lr=1e-3``, ``warmup_steps=10``, ``max_examples=2000``, ``eval_texts=300``
+    (held-out triples).
     """
 
     method: ClassVar[str] = "dpo"
 
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    max_examples: int | None = 2000
+    eval_texts: int = 300
     pairs: str = "builtin"
     eval_data: str | None = None
     eval_fraction: float = 0.1

@@ -36,13 +36,19 @@ __all__ = [
 ]
 
 #: Language codes of the corpus and their English names (used in prompts).
-LANGUAGE_NAMES = {"en": "English", "sv": "Swedish", "da": "Danish", "de": "German",
-                  "fi": "Finnish"}
+LANGUAGE_NAMES = {"en": "English", "sv": "Swedish", "da": "Danish", "de": "German", "fi": "Finnish"}
 
 #: Help module (corpus topic) -> the answer the topic task expects.
-TOPIC_LABELS = {"shared": "General", "swriter": "Writer", "scalc": "Calc",
-                "simpress": "Impress", "sdraw": "Draw", "smath": "Math", "schart": "Chart",
-                "sbasic": "Basic"}
+TOPIC_LABELS = {
+    "shared": "General",
+    "swriter": "Writer",
+    "scalc": "Calc",
+    "simpress": "Impress",
+    "sdraw": "Draw",
+    "smath": "Math",
+    "schart": "Chart",
+    "sbasic": "Basic",
+}
 
 
 def check_languages(languages: str | Sequence[str]) -> list[str]:
@@ -66,8 +72,9 @@ def _subsample(rows: list, max_examples: int | None, seed: int) -> list:
     return [rows[i] for i in idx]
 
 
-def corpus_rows(languages: Sequence[str], split: str, *, topics: Sequence[str] | None = None,
-                min_words: int = 0) -> list[dict[str, str]]:
+def corpus_rows(
+    languages: Sequence[str], split: str, *, topics: Sequence[str] | None = None, min_words: int = 0
+) -> list[dict[str, str]]:
     """Rows of the corpus (wide layout) as plain dicts, non-empty in every language asked."""
     from ..data import load_corpus
 
@@ -78,8 +85,9 @@ def corpus_rows(languages: Sequence[str], split: str, *, topics: Sequence[str] |
     return [r for r in rows if all(r[lang].strip() for lang in langs)]
 
 
-def corpus_texts(languages: str | Sequence[str], split: str, *, max_texts: int | None = None,
-                 seed: int = 0) -> dict[str, list[str]]:
+def corpus_texts(
+    languages: str | Sequence[str], split: str, *, max_texts: int | None = None, seed: int = 0
+) -> dict[str, list[str]]:
     """Texts per language from one corpus split (``max_texts`` per language, seeded)."""
     langs = check_languages(languages)
     out = {}
@@ -94,9 +102,15 @@ def _clip_words(text: str, max_words: int) -> str:
     return text if len(words) <= max_words else " ".join(words[:max_words])
 
 
-def translation_task(split: str, *, source: str = "en", target: str = "sv",
-                     max_words: int = 30, max_examples: int | None = None,
-                     seed: int = 0) -> list[dict[str, str]]:
+def translation_task(
+    split: str,
+    *,
+    source: str = "en",
+    target: str = "sv",
+    max_words: int = 30,
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> list[dict[str, str]]:
     """Translation pairs ``{"prompt", "response"}`` from ``source`` into ``target``.
 
     Paragraphs longer than ``max_words`` words (in either language) are left out.
@@ -107,14 +121,24 @@ def translation_task(split: str, *, source: str = "en", target: str = "sv",
     rows = corpus_rows([source, target], split)
     rows = [r for r in rows if max(len(r[source].split()), len(r[target].split())) <= max_words]
     src, tgt = LANGUAGE_NAMES[source], LANGUAGE_NAMES[target]
-    out = [{"prompt": f"{src}: {r[source]}\n{tgt}:", "response": r[target], "id": r["id"]}
-           for r in rows if r[source] != r[target]]
+    out = [
+        {"prompt": f"{src}: {r[source]}\n{tgt}:", "response": r[target], "id": r["id"]}
+        for r in rows
+        if r[source] != r[target]
+    ]
     return _subsample(out, max_examples, seed)
 
 
-def topic_task(split: str, *, language: str = "en", topics: Sequence[str] | None = None,
-               min_words: int = 4, max_words: int = 40, max_examples: int | None = None,
-               seed: int = 0) -> list[dict[str, str]]:
+def topic_task(
+    split: str,
+    *,
+    language: str = "en",
+    topics: Sequence[str] | None = None,
+    min_words: int = 4,
+    max_words: int = 40,
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> list[dict[str, str]]:
     """Topic classification ``{"prompt", "response", "label"}`` (response = module name).
 
     Paragraphs with fewer than ``min_words`` words are left out (headings like "Shadows"
@@ -132,15 +156,28 @@ def topic_task(split: str, *, language: str = "en", topics: Sequence[str] | None
             f"{', '.join(TOPIC_LABELS)}"
         )
     rows = corpus_rows([language], split, topics=topics, min_words=min_words)
-    out = [{"prompt": f"Text: {_clip_words(r[language], max_words)}\nModule:",
-            "response": TOPIC_LABELS[r["topic"]], "label": r["topic"], "id": r["id"]}
-           for r in rows]
+    out = [
+        {
+            "prompt": f"Text: {_clip_words(r[language], max_words)}\nModule:",
+            "response": TOPIC_LABELS[r["topic"]],
+            "label": r["topic"],
+            "id": r["id"],
+        }
+        for r in rows
+    ]
     return _subsample(out, max_examples, seed)
 
 
-def preference_pairs(split: str, *, source: str = "en", target: str = "sv",
-                     wrong: Sequence[str] = ("da", "de"), max_words: int = 30,
-                     max_examples: int | None = None, seed: int = 0) -> list[dict[str, str]]:
+def preference_pairs(
+    split: str,
+    *,
+    source: str = "en",
+    target: str = "sv",
+    wrong: Sequence[str] = ("da", "de"),
+    max_words: int = 30,
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> list[dict[str, str]]:
     """Preference triples ``{"prompt", "chosen", "rejected", "kind"}`` for DPO.
 
     Row ``i`` (in a seeded order) is rejected with ``wrong[i % 3]`` translations for
@@ -167,8 +204,15 @@ def preference_pairs(split: str, *, source: str = "en", target: str = "sv",
             rejected, kind = rows[order[(j + 1) % len(order)]][target], "mismatched"
         if rejected.strip() == r[target].strip():
             continue
-        out.append({"prompt": f"{src}: {r[source]}\n{tgt}:", "chosen": r[target],
-                    "rejected": rejected, "kind": kind, "id": r["id"]})
+        out.append(
+            {
+                "prompt": f"{src}: {r[source]}\n{tgt}:",
+                "chosen": r[target],
+                "rejected": rejected,
+                "kind": kind,
+                "id": r["id"],
+            }
+        )
     return out
 
 

@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 _FIELDS = ["prompt", "chosen", "rejected"]
 
 
-def dpo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor,
-             beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def dpo_loss(
+    pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean DPO loss and the TRL-style reward statistics.
 
     Args:
@@ -66,9 +67,12 @@ def dpo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Ten
     chosen, rejected = beta * (pc - rc), beta * (pr - rr)
     margin = chosen - rejected
     loss = -F.logsigmoid(margin).mean()
-    stats = {"reward_chosen": chosen.mean().detach(), "reward_rejected": rejected.mean().detach(),
-             "reward_margin": margin.mean().detach(),
-             "reward_accuracy": (margin > 0).float().mean().detach()}
+    stats = {
+        "reward_chosen": chosen.mean().detach(),
+        "reward_rejected": rejected.mean().detach(),
+        "reward_margin": margin.mean().detach(),
+        "reward_accuracy": (margin > 0).float().mean().detach(),
+    }
     return loss, stats
 
 
@@ -76,11 +80,16 @@ def dpo_data(config: DPOConfig) -> tuple[list[dict], list[dict], str]:
     """(train, held-out, source) triples for ``config.pairs``."""
     if config.pairs == "builtin":
         kw = dict(source=config.source, target=config.target, seed=config.seed)
-        return (preference_pairs("train", max_examples=config.max_examples, **kw),
-                preference_pairs("test", max_examples=config.eval_texts, **kw),
-                "corpus:preference")
-    if not (config.pairs.endswith(".jsonl") or os.path.sep in config.pairs
-            or os.path.exists(config.pairs)):
+        return (
+            preference_pairs("train", max_examples=config.max_examples, **kw),
+            preference_pairs("test", max_examples=config.eval_texts, **kw),
+            "corpus:preference",
+        )
+    if not (
+        config.pairs.endswith(".jsonl")
+        or os.path.sep in config.pairs
+        or os.path.exists(config.pairs)
+    ):
         raise ValueError(
             f"unknown preference data {config.pairs!r}; use builtin or a path to a JSONL file "
             'of {"prompt", "chosen", "rejected"} lines'
@@ -108,8 +117,9 @@ def _encode(tok, triples: list[dict], seq_len: int) -> tuple[list[tuple], int]:
     return out, dropped
 
 
-def _logps(model: nn.Module, items: list[tuple], pad_id: int, batch_size: int = 16
-           ) -> tuple[np.ndarray, np.ndarray]:
+def _logps(
+    model: nn.Module, items: list[tuple], pad_id: int, batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-probabilities of every chosen and rejected response (no gradients)."""
     device = next(model.parameters()).device
     pc, pr = [], []
@@ -130,9 +140,11 @@ def _logps(model: nn.Module, items: list[tuple], pad_id: int, batch_size: int = 
 
 def _held_out_metrics(pc, pr, rc, rr, beta: float) -> dict[str, float]:
     margin = beta * ((pc - rc) - (pr - rr))
-    return {"preference_accuracy": float(np.mean(pc > pr)),
-            "reward_margin": float(np.mean(margin)),
-            "reward_accuracy": float(np.mean(margin > 0))}
+    return {
+        "preference_accuracy": float(np.mean(pc > pr)),
+        "reward_margin": float(np.mean(margin)),
+        "reward_accuracy": float(np.mean(margin > 0)),
+    }
 
 
 def dpo(
@@ -173,8 +185,9 @@ def dpo(
     config.validate()
     if pairs is not None:
         for i, ex in enumerate(pairs):
-            if not isinstance(ex, dict) or not all(isinstance(ex.get(k), str) and ex[k].strip()
-                                                   for k in _FIELDS):
+            if not isinstance(ex, dict) or not all(
+                isinstance(ex.get(k), str) and ex[k].strip() for k in _FIELDS
+            ):
                 raise ValueError(f"pair {i} needs non-empty string {', '.join(_FIELDS)}")
         if eval_pairs is None:
             pairs, eval_pairs = held_out_split(list(pairs), config.eval_fraction, config.seed)
@@ -192,8 +205,10 @@ def dpo(
     items, dropped = _encode(tok, train, config.seq_len)
     held_items, _ = _encode(tok, held, config.seq_len)
     if not items or not held_items:
-        raise ValueError("no preference pairs fit seq_len (or no held-out pairs); raise "
-                         "seq_len or shorten the responses")
+        raise ValueError(
+            "no preference pairs fit seq_len (or no held-out pairs); raise "
+            "seq_len or shorten the responses"
+        )
     if config.swap:
         items = [(r, c) for c, r in items]
     model.to(acc.device)
@@ -201,8 +216,9 @@ def dpo(
         ref_c, ref_r = _logps(model, items, pad_id)
         held_rc, held_rr = _logps(model, held_items, pad_id)
     metrics = {"parent_preference_accuracy": float(np.mean(held_rc > held_rr))}
-    examples = [(c, r, float(a), float(b)) for (c, r), a, b in zip(items, ref_c, ref_r,
-                                                                     strict=True)]
+    examples = [
+        (c, r, float(a), float(b)) for (c, r), a, b in zip(items, ref_c, ref_r, strict=True)
+    ]
     lcfg = None
     if config.tuning == "lora":
         model, lcfg = apply_lora(model, config)
@@ -210,8 +226,9 @@ def dpo(
 
     def collate(batch: list[tuple]) -> dict[str, torch.Tensor]:
         enc = pad_examples([b[0] for b in batch] + [b[1] for b in batch], pad_id)
-        enc["ref"] = torch.tensor([[b[2] for b in batch], [b[3] for b in batch]],
-                                  dtype=torch.float64)
+        enc["ref"] = torch.tensor(
+            [[b[2] for b in batch], [b[3] for b in batch]], dtype=torch.float64
+        )
         return enc
 
     def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]):
@@ -226,27 +243,61 @@ def dpo(
         pc, pr = _logps(m, held_items, pad_id)
         return _held_out_metrics(pc, pr, held_rc, held_rr, beta)
 
-    data = {"source": source, "split": "train", "n_pairs": len(items), "n_dropped": dropped,
-            "swapped": config.swap, "eval": {"split": "test", "n_pairs": len(held_items)},
-            "kinds": _kinds(train)}
-    run_key = {"method": "dpo", "config": config.to_dict(), "data": data,
-               "parent": parent_rec["fingerprint"], "tokenizer": tokenizer_sha(tok)}
-    loop = run_loop(model, examples, collate, loss_fn, config, run_dir, eval_fn=eval_fn,
-                    run_key=run_key, accelerator=acc, label="dpo")
+    data = {
+        "source": source,
+        "split": "train",
+        "n_pairs": len(items),
+        "n_dropped": dropped,
+        "swapped": config.swap,
+        "eval": {"split": "test", "n_pairs": len(held_items)},
+        "kinds": _kinds(train),
+    }
+    run_key = {
+        "method": "dpo",
+        "config": config.to_dict(),
+        "data": data,
+        "parent": parent_rec["fingerprint"],
+        "tokenizer": tokenizer_sha(tok),
+    }
+    loop = run_loop(
+        model,
+        examples,
+        collate,
+        loss_fn,
+        config,
+        run_dir,
+        eval_fn=eval_fn,
+        run_key=run_key,
+        accelerator=acc,
+        label="dpo",
+    )
     metrics.update(loop.eval)
     provenance = {
-        "method": "dpo", "tuning": config.tuning, "parent": parent_rec,
-        "reference": parent_rec, "config": config.to_dict(), "preset": preset, "data": data,
-        "seed": config.seed, "metrics": metrics,
-        "training": training_record(loop, config, acc), "command": command,
+        "method": "dpo",
+        "tuning": config.tuning,
+        "parent": parent_rec,
+        "reference": parent_rec,
+        "config": config.to_dict(),
+        "preset": preset,
+        "data": data,
+        "seed": config.seed,
+        "metrics": metrics,
+        "training": training_record(loop, config, acc),
+        "command": command,
     }
     adapter = None
     if lcfg is not None:
         adapter = adapter_record(loop.model, lcfg, relative_parent(parent_rec, out))
     finish(out, run_dir, loop.model, tok, provenance, acc, adapter=adapter)
-    return TrainResult(path=out, metrics=metrics, run_dir=run_dir, steps=loop.steps,
-                       tokens=loop.tokens, seconds=time.perf_counter() - t0,
-                       provenance=provenance)
+    return TrainResult(
+        path=out,
+        metrics=metrics,
+        run_dir=run_dir,
+        steps=loop.steps,
+        tokens=loop.tokens,
+        seconds=time.perf_counter() - t0,
+        provenance=provenance,
+    )
 
 
 def _kinds(triples: list[dict]) -> dict[str, int]:

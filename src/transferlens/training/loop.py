@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -36,6 +35,8 @@ from torch import nn
 from ..errors import TransferlensError
 from ..results import atomic_write_text, to_jsonable
 from .config import TrainConfig
+from .progress import Progress
+from .state import key_json, save_state, set_rng_state, truncate_log
 
 __all__ = [
     "DivergenceError",
@@ -114,8 +115,15 @@ def make_accelerator(config: TrainConfig) -> Any:
     return Accelerator(cpu=not use_gpu, mixed_precision=precision)
 
 
-def batch_indices(micro: int, n: int, batch_size: int, world: int, rank: int, seed: int,
-                  _cache: dict | None = None) -> list[int]:
+def batch_indices(
+    micro: int,
+    n: int,
+    batch_size: int,
+    world: int,
+    rank: int,
+    seed: int,
+    _cache: dict | None = None,
+) -> list[int]:
     """Example indices of micro-batch ``micro`` on process ``rank`` of ``world``.
 
     Raises:
@@ -147,85 +155,6 @@ def _param_groups(named: Sequence[tuple[str, nn.Parameter]], weight_decay: float
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
-
-
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _key_json(run_key: Any) -> str:
-    return json.dumps(to_jsonable(run_key), sort_keys=True)
-
-
-def _truncate_log(path: Path, last_step: int) -> None:
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the interruption
-    atomic_write_text(path, "".join(k + "\n" for k in keep))
-
-
-class _Progress:
-    """A rich progress bar (steps, loss, tokens/s) that is silent when not on a terminal."""
-
-    def __init__(self, enabled: bool, total: int, done: int, label: str):
-        self.bar = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        console = Console(stderr=True)
-        if not console.is_terminal:
-            return
-        self.bar = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-            TimeElapsedColumn(), console=console, transient=False,
-        )
-        self.task = self.bar.add_task(label, total=total, completed=done, loss="-", tps="-")
-        self.bar.start()
-
-    def update(self, step: int, loss: float, tps: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.3f}", tps=f"{tps:,.0f}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def run_loop(
@@ -269,13 +198,14 @@ def run_loop(
     main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
     n = len(examples)
     batch_indices(0, n, config.batch_size, world, rank, config.seed)  # fail early on tiny data
-    key = _key_json(run_key)
+    key = key_json(run_key)
 
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("the model has no trainable parameters")
     optimizer = torch.optim.AdamW(
-        _param_groups(named, config.weight_decay), lr=config.lr,
+        _param_groups(named, config.weight_decay),
+        lr=config.lr,
         betas=(config.adam_beta1, config.adam_beta2),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
@@ -305,10 +235,10 @@ def run_loop(
                     own[k].copy_(v.to(own[k].device))
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"][rank], device)
+            set_rng_state(state["rng"][rank], device)
             step, micro, tokens_total = state["step"], state["micro"], state["tokens"]
             if main:
-                _truncate_log(log_path, step)
+                truncate_log(log_path, step)
                 log.info("resuming %s from step %d (%s)", label, step, state_path)
         elif main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -317,19 +247,52 @@ def run_loop(
         if main:
             atomic_write_text(run_dir / "run.json", json.dumps(json.loads(key), indent=1))
         resumed_from = step
-        result = _train(acc, model, optimizer, scheduler, params, examples, collate, loss_fn,
-                        config, eval_fn, state_path, log_path, key, step, micro, tokens_total,
-                        label)
+        result = _train(
+            acc,
+            model,
+            optimizer,
+            scheduler,
+            params,
+            examples,
+            collate,
+            loss_fn,
+            config,
+            eval_fn,
+            state_path,
+            log_path,
+            key,
+            step,
+            micro,
+            tokens_total,
+            label,
+        )
     result.resumed_from = resumed_from
     return result
 
 
-def _train(acc, model, optimizer, scheduler, params, examples, collate, loss_fn, config,
-           eval_fn, state_path, log_path, key, step, micro, tokens_total, label) -> LoopResult:
+def _train(
+    acc,
+    model,
+    optimizer,
+    scheduler,
+    params,
+    examples,
+    collate,
+    loss_fn,
+    config,
+    eval_fn,
+    state_path,
+    log_path,
+    key,
+    step,
+    micro,
+    tokens_total,
+    label,
+) -> LoopResult:
     main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
     cache: dict = {}
     start = time.perf_counter()
-    progress = _Progress(main, config.steps, step, label)
+    progress = Progress(main, config.steps, step, label)
     window = {"loss": 0.0, "n": 0, "tokens": 0, "t": time.perf_counter(), "stats": {}}
     last_eval: dict[str, float] = {}
     check_grads = acc.mixed_precision != "fp16"  # the fp16 scaler skips inf steps itself
@@ -340,10 +303,13 @@ def _train(acc, model, optimizer, scheduler, params, examples, collate, loss_fn,
             step_loss = torch.zeros((), device=acc.device)
             step_tokens = 0
             for k in range(config.grad_accum):
-                idx = batch_indices(micro, len(examples), config.batch_size, world, rank,
-                                    config.seed, cache)
+                idx = batch_indices(
+                    micro, len(examples), config.batch_size, world, rank, config.seed, cache
+                )
                 micro += 1
-                batch = {b: v.to(acc.device) for b, v in collate([examples[i] for i in idx]).items()}
+                batch = {
+                    b: v.to(acc.device) for b, v in collate([examples[i] for i in idx]).items()
+                }
                 sync = k == config.grad_accum - 1
                 with nullcontext() if sync else acc.no_sync(model):
                     with acc.autocast():
@@ -353,7 +319,9 @@ def _train(acc, model, optimizer, scheduler, params, examples, collate, loss_fn,
                 step_tokens += int(stats.get("tokens", 0))
                 for s, v in stats.items():
                     if s != "tokens":
-                        window["stats"][s] = window["stats"].get(s, 0.0) + float(v) / config.grad_accum
+                        window["stats"][s] = (
+                            window["stats"].get(s, 0.0) + float(v) / config.grad_accum
+                        )
             loss_value = float(acc.reduce(step_loss, "mean") if world > 1 else step_loss)
             if not math.isfinite(loss_value):
                 raise DivergenceError(_diverged("loss", loss_value, step + 1, state_path))
@@ -361,7 +329,9 @@ def _train(acc, model, optimizer, scheduler, params, examples, collate, loss_fn,
             if config.max_grad_norm > 0:
                 grad_norm = float(acc.clip_grad_norm_(params, config.max_grad_norm))
                 if check_grads and not math.isfinite(grad_norm):
-                    raise DivergenceError(_diverged("gradient norm", grad_norm, step + 1, state_path))
+                    raise DivergenceError(
+                        _diverged("gradient norm", grad_norm, step + 1, state_path)
+                    )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -377,9 +347,15 @@ def _train(acc, model, optimizer, scheduler, params, examples, collate, loss_fn,
             if step % config.log_every == 0 or is_last or evaluate:
                 now = time.perf_counter()
                 tps = window["tokens"] / max(now - window["t"], 1e-9)
-                rec = {"step": step, "loss": window["loss"] / window["n"], "lr": lr,
-                       "grad_norm": grad_norm, "tokens_per_s": tps, "tokens": tokens_total,
-                       "elapsed_s": now - start}
+                rec = {
+                    "step": step,
+                    "loss": window["loss"] / window["n"],
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tps,
+                    "tokens": tokens_total,
+                    "elapsed_s": now - start,
+                }
                 rec.update({s: v / window["n"] for s, v in window["stats"].items()})
                 if evaluate:
                     last_eval = _evaluate(acc, model, eval_fn) if main else {}
@@ -391,15 +367,23 @@ def _train(acc, model, optimizer, scheduler, params, examples, collate, loss_fn,
                 progress.update(step, rec["loss"], tps)
                 window = {"loss": 0.0, "n": 0, "tokens": 0, "t": time.perf_counter(), "stats": {}}
             if config.save_every and step % config.save_every == 0 and not is_last:
-                _save_state(acc, model, optimizer, scheduler, state_path, key, step, micro,
-                            tokens_total)
+                save_state(
+                    acc, model, optimizer, scheduler, state_path, key, step, micro, tokens_total
+                )
     finally:
         progress.close()
     model = acc.unwrap_model(model, keep_fp32_wrapper=False)
     model.eval()
-    return LoopResult(model=model, steps=step, tokens=tokens_total,
-                      seconds=time.perf_counter() - start, resumed_from=0, eval=last_eval,
-                      log_path=log_path, is_main=main)
+    return LoopResult(
+        model=model,
+        steps=step,
+        tokens=tokens_total,
+        seconds=time.perf_counter() - start,
+        resumed_from=0,
+        eval=last_eval,
+        log_path=log_path,
+        is_main=main,
+    )
 
 
 def _evaluate(acc, model, eval_fn) -> dict[str, float]:
@@ -415,25 +399,13 @@ def _evaluate(acc, model, eval_fn) -> dict[str, float]:
     return out
 
 
-def _save_state(acc, model, optimizer, scheduler, path, key, step, micro, tokens) -> None:
-    from accelerate.utils import gather_object
-
-    rng = gather_object([_rng_state(acc.device)]) if acc.num_processes > 1 else [
-        _rng_state(acc.device)]
-    if acc.is_main_process:
-        inner = acc.unwrap_model(model)
-        weights = {k: p.detach().cpu().clone() for k, p in inner.named_parameters()
-                   if p.requires_grad}
-        state = {"run_key": key, "step": step, "micro": micro, "tokens": tokens,
-                 "model": weights, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(),
-                 "rng": [{k: v.cpu() for k, v in r.items()} for r in rng]}
-        _atomic_torch_save(state, path)
-    acc.wait_for_everyone()
-
-
 def _diverged(what: str, value: float, step: int, state_path: Path) -> str:
-    kept = (f"the last good state is kept in {state_path}" if state_path.exists()
-            else "no state was saved yet")
-    return (f"training stopped: the {what} became {value} at step {step}; {kept}; lower the "
-            "learning rate (--lr) or raise warmup_steps and start over with --overwrite")
+    kept = (
+        f"the last good state is kept in {state_path}"
+        if state_path.exists()
+        else "no state was saved yet"
+    )
+    return (
+        f"training stopped: the {what} became {value} at step {step}; {kept}; lower the "
+        "learning rate (--lr) or raise warmup_steps and start over with --overwrite"
+    )

@@ -71,9 +71,15 @@ def apply_lora(model: nn.Module, config: FinetuneConfig) -> tuple[nn.Module, Any
     from transformers.pytorch_utils import Conv1D
 
     fan_in_fan_out = any(isinstance(m, Conv1D) for m in model.modules())
-    lcfg = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=targets,
-                      task_type="CAUSAL_LM", fan_in_fan_out=fan_in_fan_out, bias="none")
+    lcfg = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=fan_in_fan_out,
+        bias="none",
+    )
     return get_peft_model(model, lcfg), lcfg
 
 
@@ -91,6 +97,7 @@ def lora_config_dict(lcfg: Any) -> dict[str, Any]:
             continue
         out[k] = v
     out.pop("runtime_config", None)
+    out.pop("base_model_name_or_path", None)  # the checkpoint's adapter.parent names the parent
     return out
 
 
@@ -98,5 +105,5 @@ def adapter_record(model: nn.Module, lcfg: Any, parent: dict[str, str]) -> dict[
     """The ``adapter=`` argument of :func:`~transferlens.models.save_checkpoint`."""
     from peft import get_peft_model_state_dict
 
-    return {"state_dict": get_peft_model_state_dict(model), "peft_config": lora_config_dict(lcfg),
-            "parent": parent}
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
+    return {"state_dict": state, "peft_config": lora_config_dict(lcfg), "parent": parent}

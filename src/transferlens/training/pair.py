@@ -38,8 +38,9 @@ def _reusable(path: Path, method: str, config: dict, parent_fp: str | None = Non
     return True
 
 
-def train_pair(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0,
-               reuse: bool = True) -> tuple[Path, Path]:
+def train_pair(
+    out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, reuse: bool = True
+) -> tuple[Path, Path]:
     """Pretrain a base model and adapt it to Swedish; reuse valid checkpoints.
 
     Writes ``out_dir/base.pt`` (pretrain on English + German) and ``out_dir/adapted.pt``

@@ -44,22 +44,36 @@ def build_model(config: PretrainConfig, tokenizer: Any) -> nn.Module:
     """
     import transformers as tf
 
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     if config.arch == "llama":
         cfg = tf.LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=config.d_model,
-            intermediate_size=config.d_ff, num_hidden_layers=config.n_layers,
+            vocab_size=len(tokenizer),
+            hidden_size=config.d_model,
+            intermediate_size=config.d_ff,
+            num_hidden_layers=config.n_layers,
             num_attention_heads=config.n_heads,
             num_key_value_heads=config.n_kv_heads or config.n_heads,
-            max_position_embeddings=config.seq_len, tie_word_embeddings=True, **ids,
+            max_position_embeddings=config.seq_len,
+            tie_word_embeddings=True,
+            **ids,
         )
         cls = tf.LlamaForCausalLM
     else:
         cfg = tf.GPT2Config(
-            vocab_size=len(tokenizer), n_embd=config.d_model, n_layer=config.n_layers,
-            n_head=config.n_heads, n_inner=config.d_ff, n_positions=config.seq_len,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids,
+            vocab_size=len(tokenizer),
+            n_embd=config.d_model,
+            n_layer=config.n_layers,
+            n_head=config.n_heads,
+            n_inner=config.d_ff,
+            n_positions=config.seq_len,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **ids,
         )
         cls = tf.GPT2LMHeadModel
     cfg.architectures = [cls.__name__]
@@ -108,8 +122,9 @@ def pretrain(
     out, run_dir = prepare_output(out, overwrite, resume, acc)
     source = "user" if texts is not None else "corpus"
     if texts is None:
-        texts = corpus_texts(config.languages, "train", max_texts=config.max_texts,
-                             seed=config.seed)
+        texts = corpus_texts(
+            config.languages, "train", max_texts=config.max_texts, seed=config.seed
+        )
     else:
         check_languages(list(texts))
     if eval_texts is None:
@@ -122,19 +137,34 @@ def pretrain(
     blocks = pack_texts(tok, train_list, config.seq_len)
     model = build_model(config, tok)
     data = {
-        "source": source, "languages": list(texts), "split": "train",
+        "source": source,
+        "languages": list(texts),
+        "split": "train",
         "n_texts": {lang: len(v) for lang, v in texts.items()},
-        "n_tokens": int(blocks.numel()), "n_blocks": int(blocks.shape[0]),
+        "n_tokens": int(blocks.numel()),
+        "n_blocks": int(blocks.shape[0]),
         "eval": {"split": "test", "n_texts": {lang: len(v) for lang, v in eval_texts.items()}},
     }
-    run_key = {"method": "pretrain", "config": config.to_dict(), "data": data,
-               "tokenizer": tokenizer_sha(tok)}
-    log.info("pretraining %s (%d blocks of %d tokens)", config.arch, blocks.shape[0],
-             config.seq_len)
+    run_key = {
+        "method": "pretrain",
+        "config": config.to_dict(),
+        "data": data,
+        "tokenizer": tokenizer_sha(tok),
+    }
+    log.info(
+        "pretraining %s (%d blocks of %d tokens)", config.arch, blocks.shape[0], config.seq_len
+    )
     loop = run_loop(
-        model, list(blocks), lm_collate, lm_loss, config, run_dir,
-        eval_fn=lambda m: bpb_by_language(m, tok, eval_texts), run_key=run_key,
-        accelerator=acc, label="pretrain",
+        model,
+        list(blocks),
+        lm_collate,
+        lm_loss,
+        config,
+        run_dir,
+        eval_fn=lambda m: bpb_by_language(m, tok, eval_texts),
+        run_key=run_key,
+        accelerator=acc,
+        label="pretrain",
     )
     metrics = dict(loop.eval)
     if acc.is_main_process:
@@ -143,11 +173,23 @@ def pretrain(
             metrics[f"unigram_bpb_{lang}"] = uni.bits_per_byte
             metrics[f"unigram_loss_{lang}"] = uni.nats_per_token
     provenance = {
-        "method": "pretrain", "parent": None, "config": config.to_dict(), "preset": preset,
-        "data": data, "seed": config.seed, "metrics": metrics,
-        "training": training_record(loop, config, acc), "command": command,
+        "method": "pretrain",
+        "parent": None,
+        "config": config.to_dict(),
+        "preset": preset,
+        "data": data,
+        "seed": config.seed,
+        "metrics": metrics,
+        "training": training_record(loop, config, acc),
+        "command": command,
     }
     finish(out, run_dir, loop.model, tok, provenance, acc)
-    return TrainResult(path=out, metrics=metrics, run_dir=run_dir, steps=loop.steps,
-                       tokens=loop.tokens, seconds=time.perf_counter() - t0,
-                       provenance=provenance)
+    return TrainResult(
+        path=out,
+        metrics=metrics,
+        run_dir=run_dir,
+        steps=loop.steps,
+        tokens=loop.tokens,
+        seconds=time.perf_counter() - t0,
+        provenance=provenance,
+    )

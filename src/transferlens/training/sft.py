@@ -58,15 +58,21 @@ def sft_data(config: SFTConfig) -> tuple[list[dict], list[dict], str]:
     cap, seed = config.max_examples, config.seed
     if config.task == "topic":
         kw = dict(language=config.source, topics=config.topics, seed=seed)
-        return (topic_task("train", max_examples=cap, **kw),
-                topic_task("test", max_examples=config.eval_texts, **kw), "corpus:topic")
+        return (
+            topic_task("train", max_examples=cap, **kw),
+            topic_task("test", max_examples=config.eval_texts, **kw),
+            "corpus:topic",
+        )
     if config.task == "translation":
         kw = dict(source=config.source, target=config.target, seed=seed)
-        return (translation_task("train", max_examples=cap, **kw),
-                translation_task("test", max_examples=config.eval_texts, **kw),
-                "corpus:translation")
-    if not (config.task.endswith(".jsonl") or os.path.sep in config.task
-            or os.path.exists(config.task)):
+        return (
+            translation_task("train", max_examples=cap, **kw),
+            translation_task("test", max_examples=config.eval_texts, **kw),
+            "corpus:translation",
+        )
+    if not (
+        config.task.endswith(".jsonl") or os.path.sep in config.task or os.path.exists(config.task)
+    ):
         raise ValueError(
             f"unknown SFT task {config.task!r}; use topic, translation, or a path to a JSONL "
             'file of {"prompt", "response"} lines'
@@ -81,8 +87,9 @@ def sft_data(config: SFTConfig) -> tuple[list[dict], list[dict], str]:
     return train, held[: config.eval_texts], f"jsonl:{config.task}"
 
 
-def encode_pairs(tokenizer: Any, examples: list[dict], seq_len: int, response_key: str = "response"
-                 ) -> tuple[list[tuple[list[int], list[int]]], int, int]:
+def encode_pairs(
+    tokenizer: Any, examples: list[dict], seq_len: int, response_key: str = "response"
+) -> tuple[list[tuple[list[int], list[int]]], int, int]:
     """Encode examples as (prompt ids, response ids) cut to ``seq_len``.
 
     Returns:
@@ -102,8 +109,9 @@ def encode_pairs(tokenizer: Any, examples: list[dict], seq_len: int, response_ke
 
 
 def _sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                labels=batch["labels"])
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    )
     return out.loss, {"tokens": int(batch["attention_mask"].sum())}
 
 
@@ -118,8 +126,13 @@ def _evaluate(model, tok, held_pairs, held, labels, pad_id, batch_size=16) -> di
     out = {"response_loss": total / max(1, count)}
     if labels:
         handle = SimpleNamespace(model=model, tokenizer=tok)
-        scores = label_loglik_accuracy(handle, [e["prompt"] for e in held], labels,
-                                       [e["response"] for e in held], batch_size=batch_size)
+        scores = label_loglik_accuracy(
+            handle,
+            [e["prompt"] for e in held],
+            labels,
+            [e["response"] for e in held],
+            batch_size=batch_size,
+        )
         out["accuracy"] = scores.accuracy
     return out
 
@@ -164,12 +177,14 @@ def sft(
     config.validate()
     if examples is not None:
         for i, ex in enumerate(examples):
-            if not isinstance(ex, dict) or not all(isinstance(ex.get(k), str) and ex[k].strip()
-                                                   for k in ("prompt", "response")):
+            if not isinstance(ex, dict) or not all(
+                isinstance(ex.get(k), str) and ex[k].strip() for k in ("prompt", "response")
+            ):
                 raise ValueError(f"example {i} needs non-empty string 'prompt' and 'response'")
         if eval_examples is None:
-            examples, eval_examples = held_out_split(list(examples), config.eval_fraction,
-                                                     config.seed)
+            examples, eval_examples = held_out_split(
+                list(examples), config.eval_fraction, config.seed
+            )
         train, held, source = list(examples), list(eval_examples), "user"
     else:
         train, held, source = sft_data(config)
@@ -185,12 +200,15 @@ def sft(
     if not pairs:
         raise ValueError("no training examples fit seq_len; raise seq_len or shorten responses")
     distinct = sorted({e["response"] for e in train} | {e["response"] for e in held})
-    labels = distinct if config.task == "topic" or len(distinct) <= config.max_label_candidates \
-        else []
+    labels = (
+        distinct if config.task == "topic" or len(distinct) <= config.max_label_candidates else []
+    )
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     metrics: dict[str, float] = {}
     if labels:
-        _, correct = majority_baseline([e["response"] for e in train], [e["response"] for e in held])
+        _, correct = majority_baseline(
+            [e["response"] for e in train], [e["response"] for e in held]
+        )
         metrics["majority_accuracy"] = float(np.mean(correct))
     if acc.is_main_process:
         with torch.no_grad():
@@ -199,29 +217,60 @@ def sft(
     lcfg = None
     if config.tuning == "lora":
         model, lcfg = apply_lora(model, config)
-    data = {"source": source, "split": "train", "n_examples": len(pairs),
-            "n_truncated": cut, "n_dropped": dropped, "labels": labels,
-            "chat_template": bool(getattr(tok, "chat_template", None)),
-            "eval": {"split": "test", "n_examples": len(held)}}
-    run_key = {"method": "sft", "config": config.to_dict(), "data": data,
-               "parent": parent_rec["fingerprint"], "tokenizer": tokenizer_sha(tok)}
+    data = {
+        "source": source,
+        "split": "train",
+        "n_examples": len(pairs),
+        "n_truncated": cut,
+        "n_dropped": dropped,
+        "labels": labels,
+        "chat_template": bool(getattr(tok, "chat_template", None)),
+        "eval": {"split": "test", "n_examples": len(held)},
+    }
+    run_key = {
+        "method": "sft",
+        "config": config.to_dict(),
+        "data": data,
+        "parent": parent_rec["fingerprint"],
+        "tokenizer": tokenizer_sha(tok),
+    }
     loop = run_loop(
-        model, pairs, lambda b: pad_examples(b, pad_id), _sft_loss, config, run_dir,
+        model,
+        pairs,
+        lambda b: pad_examples(b, pad_id),
+        _sft_loss,
+        config,
+        run_dir,
         eval_fn=lambda m: _evaluate(m, tok, held_pairs, held, labels, pad_id),
-        run_key=run_key, accelerator=acc, label="sft",
+        run_key=run_key,
+        accelerator=acc,
+        label="sft",
     )
     metrics.update(loop.eval)
     if labels and "accuracy" in metrics:
         metrics["accuracy_margin"] = metrics["accuracy"] - metrics["majority_accuracy"]
     provenance = {
-        "method": "sft", "tuning": config.tuning, "parent": parent_rec,
-        "config": config.to_dict(), "preset": preset, "data": data, "seed": config.seed,
-        "metrics": metrics, "training": training_record(loop, config, acc), "command": command,
+        "method": "sft",
+        "tuning": config.tuning,
+        "parent": parent_rec,
+        "config": config.to_dict(),
+        "preset": preset,
+        "data": data,
+        "seed": config.seed,
+        "metrics": metrics,
+        "training": training_record(loop, config, acc),
+        "command": command,
     }
     adapter = None
     if lcfg is not None:
         adapter = adapter_record(loop.model, lcfg, relative_parent(parent_rec, out))
     finish(out, run_dir, loop.model, tok, provenance, acc, adapter=adapter)
-    return TrainResult(path=out, metrics=metrics, run_dir=run_dir, steps=loop.steps,
-                       tokens=loop.tokens, seconds=time.perf_counter() - t0,
-                       provenance=provenance)
+    return TrainResult(
+        path=out,
+        metrics=metrics,
+        run_dir=run_dir,
+        steps=loop.steps,
+        tokens=loop.tokens,
+        seconds=time.perf_counter() - t0,
+        provenance=provenance,
+    )

@@ -58,12 +58,16 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, max_length: int = 1024) 
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{SPECIAL_TOKENS[0]} $A", pair=f"{SPECIAL_TOKENS[0]} $A {SPECIAL_TOKENS[0]} $B",
+        single=f"{SPECIAL_TOKENS[0]} $A",
+        pair=f"{SPECIAL_TOKENS[0]} $A {SPECIAL_TOKENS[0]} $B",
         special_tokens=[(SPECIAL_TOKENS[0], 0)],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[1],
-        pad_token=SPECIAL_TOKENS[2], model_max_length=max_length,
+        tokenizer_object=tok,
+        bos_token=SPECIAL_TOKENS[0],
+        eos_token=SPECIAL_TOKENS[1],
+        pad_token=SPECIAL_TOKENS[2],
+        model_max_length=max_length,
     )
 
 
@@ -132,8 +136,9 @@ def extend_vocabulary(
     target = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     target.model = models.BPE()
     size = train_vocab_size or min(60000, len(tokenizer) + 4 * n_new)
-    trainer = trainers.BpeTrainer(vocab_size=size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     target.train_from_iterator(texts, trainer=trainer, length=len(texts))
     new_merges: list[tuple[str, str]] = []
     new_tokens: list[str] = []
@@ -168,13 +173,22 @@ def extend_vocabulary(
         "sample": [backend.decode([vocab[t]]) for t in new_tokens[:20]],
         "embedding_init": "mean of the old tokenizer's pieces",
     }
-    log.info("vocabulary extended by %d tokens (%d -> %d)", info["n_new"], info["old_size"],
-             info["new_size"])
+    log.info(
+        "vocabulary extended by %d tokens (%d -> %d)",
+        info["n_new"],
+        info["old_size"],
+        info["new_size"],
+    )
     return new_tok, info
 
 
-def _resize_embeddings(model: nn.Module, size: int, new_tokens: list[str],
-                       vocab: dict[str, int], pieces: list[list[int]]) -> None:
+def _resize_embeddings(
+    model: nn.Module,
+    size: int,
+    new_tokens: list[str],
+    vocab: dict[str, int],
+    pieces: list[list[int]],
+) -> None:
     inp = model.get_input_embeddings()
     old_rows = inp.weight.shape[0]
     model.resize_token_embeddings(max(size, old_rows), mean_resizing=False)
