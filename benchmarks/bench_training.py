@@ -67,7 +67,6 @@ def run_ours(model, blocks, cfg, steps: int, batch: int) -> float:
 
 def run_trainer(model, blocks, cfg, steps: int, batch: int) -> float:
     from transformers import Trainer, TrainingArguments, default_data_collator
-    from transformers.trainer_callback import PrinterCallback
 
     data = [{"input_ids": b, "labels": b} for b in blocks]
     with tempfile.TemporaryDirectory() as tmp:
