@@ -67,6 +67,7 @@ def run_ours(model, blocks, cfg, steps: int, batch: int) -> float:
 
 def run_trainer(model, blocks, cfg, steps: int, batch: int) -> float:
     from transformers import Trainer, TrainingArguments, default_data_collator
+    from transformers.trainer_callback import PrinterCallback
 
     data = [{"input_ids": b, "labels": b} for b in blocks]
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,6 +93,7 @@ def run_trainer(model, blocks, cfg, steps: int, batch: int) -> float:
         trainer = Trainer(
             model=model, args=args, train_dataset=data, data_collator=default_data_collator
         )
+        trainer.remove_callback(PrinterCallback)  # logs are computed, not printed (as ours)
         t0 = time.perf_counter()
         trainer.train()
         dt = time.perf_counter() - t0
