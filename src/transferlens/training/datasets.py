@@ -181,9 +181,10 @@ def preference_pairs(
     """Preference triples ``{"prompt", "chosen", "rejected", "kind"}`` for DPO.
 
     Row ``i`` (in a seeded order) is rejected with ``wrong[i % 3]`` translations for
-    ``i % 3 < len(wrong)`` and with the ``target`` text of the next row otherwise
-    (``kind`` = ``wrong_language:<code>`` or ``mismatched``). Triples whose chosen and
-    rejected texts are equal are left out.
+    ``i % 3 < len(wrong)`` and otherwise with the ``target`` text of the paragraph next to
+    it in length (so that a summed log-probability cannot prefer the chosen text merely for
+    being shorter); ``kind`` = ``wrong_language:<code>`` or ``mismatched``. Triples whose
+    chosen and rejected texts are equal are left out.
     """
     langs = check_languages([source, target, *wrong])
     if target in wrong or source == target:
@@ -193,6 +194,8 @@ def preference_pairs(
     rows = _subsample(rows, max_examples, seed) if max_examples else rows
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
+    by_length = sorted(range(len(rows)), key=lambda i: (len(rows[i][target]), i))
+    rank = {i: k for k, i in enumerate(by_length)}
     src, tgt = LANGUAGE_NAMES[source], LANGUAGE_NAMES[target]
     out = []
     for j, i in enumerate(order):
@@ -201,7 +204,8 @@ def preference_pairs(
         if slot < len(wrong):
             rejected, kind = r[wrong[slot]], f"wrong_language:{wrong[slot]}"
         else:
-            rejected, kind = rows[order[(j + 1) % len(order)]][target], "mismatched"
+            k = rank[i] + 1 if rank[i] + 1 < len(rows) else rank[i] - 1
+            rejected, kind = rows[by_length[max(k, 0)]][target], "mismatched"
         if rejected.strip() == r[target].strip():
             continue
         out.append(
