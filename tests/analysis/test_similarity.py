@@ -457,3 +457,19 @@ def test_retrieval_errors():
         retrieval_accuracy(rng.standard_normal((10, 4)), rng.standard_normal((9, 4)))
     with pytest.raises(ValueError, match="direction"):
         retrieval_hits(np.eye(3), np.eye(3), direction="both")
+
+
+def test_read_only_memmap_is_copied_not_shared(tmp_path):
+    import warnings
+
+    from transferlens.analysis.similarity import as_features
+
+    path = tmp_path / "acts.npy"
+    np.save(path, np.arange(12, dtype=np.float64).reshape(4, 3))
+    mm = np.load(path, mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = as_features(mm)
+    t += 1.0  # writing to the tensor must not touch the read-only store
+    assert float(np.load(path).sum()) == float(np.arange(12).sum())
+    assert float(t.sum()) == float(np.arange(12).sum()) + 12

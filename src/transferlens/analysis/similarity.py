@@ -23,6 +23,7 @@ Layer × layer matrices live in :mod:`transferlens.analysis.cka_matrix`, streami
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Literal, TypeAlias
 
 import numpy as np
@@ -53,7 +54,10 @@ def _where(name: str | None) -> str:
     return f"{name}: " if name else ""
 
 
-def _to_tensor(x: ArrayLike, arg: str, name: str | None) -> torch.Tensor:
+def _to_tensor(x: ArrayLike, arg: str, name: str | None) -> tuple[torch.Tensor, bool]:
+    """The tensor, and whether it shares memory that must not be written (a read-only array,
+    such as a memory-mapped activation store)."""
+    read_only = False
     if isinstance(x, torch.Tensor):
         t = x.detach()
     else:
@@ -64,10 +68,14 @@ def _to_tensor(x: ArrayLike, arg: str, name: str | None) -> torch.Tensor:
             raise ValueError(
                 f"{_where(name)}{arg} has dtype {arr.dtype}; pass a numeric array of activations"
             )
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        read_only = not arr.flags.writeable
+        with warnings.catch_warnings():  # torch warns about read-only arrays; handled below
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(arr)
     if t.is_complex():
         raise ValueError(f"{_where(name)}{arg} is complex; pass real-valued activations")
-    return t
+    return t, read_only
 
 
 def as_features(
@@ -95,7 +103,7 @@ def as_features(
         ValueError: not 2-D, fewer than 2 rows or no columns, non-numeric, or containing
             NaN/inf (the message gives the count).
     """
-    t = _to_tensor(x, arg, name)
+    t, read_only = _to_tensor(x, arg, name)
     if t.ndim != 2:
         raise ValueError(
             f"{_where(name)}{arg} must be 2-D (examples × features); got shape {tuple(t.shape)}"
@@ -105,7 +113,10 @@ def as_features(
             f"{_where(name)}{arg} has shape {tuple(t.shape)}; need at least 2 examples (rows) "
             "and 1 feature (column)"
         )
+    src = t.data_ptr()
     t = t.to(device=device if device is not None else t.device, dtype=dtype)
+    if read_only and t.data_ptr() == src:  # never hand out read-only memory as a tensor
+        t = t.clone()
     bad = int((~torch.isfinite(t)).sum())
     if bad:
         raise ValueError(
