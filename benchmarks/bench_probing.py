@@ -80,13 +80,8 @@ def sklearn_subset(stack, y, g, layers, cfg) -> int:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from transferlens.analysis.probe_methods import (
-        MDL_FRACTIONS,
-        _block_ends,
-        _mdl_order,
-        control_labels,
-        group_folds,
-    )
+    from transferlens.analysis.probe_common import MDL_FRACTIONS, control_labels, group_folds
+    from transferlens.analysis.probe_mdl import _block_ends, _mdl_order
 
     ctl = control_labels(y, examples=g, seed=0)
     folds = group_folds(g, cfg.n_folds, seed=0)

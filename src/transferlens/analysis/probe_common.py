@@ -1,0 +1,472 @@
+"""Shared machinery of the probing methods: settings, example-grouped folds, control and
+context labels, extrapolation splits, the example bootstrap, and the batched fitting engine.
+
+The public methods live in :mod:`~transferlens.analysis.probe_methods` (accuracy, selectivity,
+and the re-exported MDL and transfer methods); see its docstring for the conventions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from transferlens.analysis.probing import PreparedLayers, _as_stack, encode_labels, fit_logistic
+from transferlens.analysis.stats import Units, percentile_interval, seed_summary, unit_draws
+from transferlens.results import AnalysisResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MDL_FRACTIONS",
+    "ProbeConfig",
+    "context_labels",
+    "control_labels",
+    "extrapolation_split",
+    "group_folds",
+]
+
+#: Online-code block boundaries as fractions of the data (Voita & Titov 2020).
+MDL_FRACTIONS: tuple[float, ...] = (
+    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0
+)  # fmt: skip
+_MEM = 512 * 2**20  # float64 bytes of activations held at once
+
+
+@dataclass
+class ProbeConfig:
+    """Settings shared by the probing methods (saved in each result's ``config``).
+
+    Attributes:
+        n_folds: folds of the example-grouped cross-validation.
+        seeds: seeds of the fold assignment, control labels, MDL order and random splits.
+        C: inverse L2 strength of the linear probe (scikit-learn's convention).
+        tol: L-BFGS stopping tolerance (max |gradient| of the mean-loss objective).
+        max_iter: L-BFGS iterations.
+        n_boot: bootstrap resamples over examples.
+        level: interval coverage.
+        boot_seed: seed of the bootstrap draws.
+        missing_label: a label value meaning "no label" besides None/NaN (e.g. -1).
+        drop_missing: leave rows without a label out instead of raising ``ValueError``.
+    """
+
+    n_folds: int = 5
+    seeds: tuple[int, ...] = (0,)
+    C: float = 1.0
+    tol: float = 1e-6
+    max_iter: int = 1000
+    n_boot: int = 1000
+    level: float = 0.95
+    boot_seed: int = 0
+    missing_label: Any = None
+    drop_missing: bool = False
+
+    def __post_init__(self) -> None:
+        self.seeds = tuple(int(s) for s in self.seeds)
+        if not self.seeds:
+            raise ValueError("ProbeConfig.seeds needs at least one seed")
+        if self.n_folds < 2:
+            raise ValueError(f"ProbeConfig.n_folds must be at least 2, got {self.n_folds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seeds"] = list(self.seeds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProbeConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# --------------------------------------------------------------------------- labels and splits
+
+
+def group_folds(groups: Any, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold id per row; all rows of a group share a fold (GroupKFold-style, shuffled).
+
+    Groups are shuffled by ``seed`` and assigned, largest first, to the fold with the fewest
+    rows so far.
+
+    Args:
+        groups: ``(n,)`` example ids.
+        n_folds: number of folds (at most the number of groups).
+        seed: shuffling seed.
+
+    Returns:
+        ``(n,)`` fold ids in ``[0, n_folds)``.
+    """
+    _, inv, sizes = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    if not 2 <= n_folds <= sizes.size:
+        raise ValueError(
+            f"n_folds={n_folds} must lie between 2 and the number of groups ({sizes.size})"
+        )
+    order = np.lexsort((np.random.default_rng(seed).permutation(sizes.size), -sizes))
+    load, fold_of = np.zeros(n_folds, np.int64), np.empty(sizes.size, np.int64)
+    for gi in order:
+        fold_of[gi] = f = int(np.argmin(load))
+        load[f] += sizes[gi]
+    return fold_of[inv.reshape(-1)]
+
+
+def control_labels(
+    labels: Any,
+    *,
+    types: Any = None,
+    examples: Any = None,
+    seed: int = 0,
+    missing_label: Any = None,
+) -> np.ndarray:
+    """Control-task labels (Hewitt & Liang 2019).
+
+    Word-level tasks (``types``: the word type of each row) give every type one label drawn
+    once from the empirical label distribution of the rows; example-level tasks (``examples``:
+    the example id of each row) give every example one label drawn from the distribution of
+    the examples' labels. Types are visited in sorted order, so the draw depends only on
+    ``seed`` and the data. Rows with a missing label stay missing.
+
+    Args:
+        labels: ``(n,)`` task labels.
+        types: ``(n,)`` word types (strings or ids); exclusive with ``examples``.
+        examples: ``(n,)`` example ids.
+        seed: the draw (same seed, same control task).
+        missing_label: a label value meaning "no label" besides None/NaN.
+
+    Returns:
+        ``(n,)`` control labels, taking values among the task's classes.
+    """
+    if (types is None) == (examples is None):
+        raise ValueError(
+            "give exactly one of types= (word-level task) or examples= (example-level task)"
+        )
+    y = np.asarray(labels)
+    codes, classes, keep = encode_labels(y, missing_label=missing_label, drop_missing=True)
+    unit = np.asarray(types if types is not None else examples)
+    if unit.shape != y.shape:
+        raise ValueError(f"types/examples need one entry per label: {unit.shape} vs {y.shape}")
+    uniq, uinv = np.unique(unit[keep], return_inverse=True)
+    uinv = uinv.reshape(-1)
+    if types is not None:
+        freq = np.bincount(codes, minlength=classes.size)
+    else:
+        freq = np.bincount(codes[np.unique(uinv, return_index=True)[1]], minlength=classes.size)
+    drawn = np.random.default_rng(seed).choice(classes.size, size=uniq.size, p=freq / freq.sum())
+    out = y.astype(object) if y.dtype.kind == "O" else y.copy()
+    out[keep] = classes[drawn[uinv]]
+    return out
+
+
+def context_labels(token_ids: Any, groups: Any, *, offset: int = -1, top_k: int = 50) -> np.ndarray:
+    """Neighbouring-token identity as a class label (Kunz & Kuhlmann 2020).
+
+    Rows of one example must be contiguous and in token order. The label of a row is the id of
+    the token ``offset`` positions away in the same example, as ``0..top_k-1`` for the
+    ``top_k`` most frequent neighbour ids (ties: smaller id first) and ``top_k`` ("other") for
+    the rest; ``-1`` where the neighbour lies outside the example.
+    """
+    ids, g = np.asarray(token_ids).astype(np.int64), np.asarray(groups)
+    if g.shape != ids.shape:
+        raise ValueError("token_ids and groups need one entry per row")
+    src = np.arange(ids.size) + offset
+    ok = (src >= 0) & (src < ids.size)
+    ok[ok] &= g[src[ok]] == g[ok]
+    neigh = ids[src[ok]]
+    vals, counts = np.unique(neigh, return_counts=True)
+    top = vals[np.lexsort((vals, -counts))[:top_k]]  # by rank
+    sorter = np.argsort(top)
+    pos = sorter[np.minimum(np.searchsorted(top, neigh, sorter=sorter), top.size - 1)]
+    out = np.full(ids.size, -1, np.int64)
+    out[ok] = np.where(top[pos] == neigh, pos, top.size)
+    return out
+
+
+def extrapolation_split(
+    scores: Any, *, train_fraction: float = 0.5, easy: str = "low"
+) -> np.ndarray:
+    """Training mask of an extrapolation split (Kunz & Kuhlmann 2021).
+
+    Rows whose score lies at or below the ``train_fraction`` quantile train (``easy="low"``:
+    short or near; ``"high"`` when high scores are easy, e.g. frequency); the rest test. Ties
+    stay on one side, so a score constant within an example keeps the example whole.
+    """
+    if easy not in ("low", "high"):
+        raise ValueError(f"easy must be 'low' or 'high', got {easy!r}")
+    s = np.asarray(scores, dtype=np.float64) * (1.0 if easy == "low" else -1.0)
+    train = s <= np.quantile(s, train_fraction, method="lower")
+    if train.all() or not train.any():
+        raise ValueError("the scores put every row on one side of the split; use another score")
+    return train
+
+
+def _random_split_like(train: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
+    """A random training mask of the same size; whole groups when ``train`` keeps them whole
+    (sizes then match up to one group)."""
+    rng = np.random.default_rng(seed)
+    _, inv = np.unique(groups, return_inverse=True)
+    inv = inv.reshape(-1)
+    sizes, n_tr = np.bincount(inv), np.bincount(inv, weights=train)
+    if not np.all((n_tr == 0) | (n_tr == sizes)):
+        out = np.zeros(train.size, bool)
+        out[rng.permutation(train.size)[: int(train.sum())]] = True
+        return out
+    chosen, total = np.zeros(sizes.size, bool), 0
+    for u in rng.permutation(sizes.size):
+        if total >= train.sum():
+            break
+        chosen[u], total = True, total + sizes[u]
+    return chosen[inv]
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def _boot(
+    groups: np.ndarray, num: np.ndarray, den: np.ndarray, n_boot: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seed-averaged ratios ``mean_s Σnum/Σden`` and their bootstrap distributions.
+
+    ``num``/``den``: ``(Q, S, n)``. Units (``groups``) are drawn as in
+    :func:`transferlens.analysis.stats.bootstrap_ci` (same seed, same draws); a ratio of sums
+    is linear in the unit multiplicities, so all ``Q`` statistics share one pass.
+
+    Returns:
+        ``values (Q,)`` and ``dists (n_boot, Q)``.
+    """
+    Q, S, n = num.shape
+    units = Units(n, groups)
+    un = np.stack([np.bincount(units.ids, v, units.count) for v in num.reshape(-1, n)])
+    ud = np.stack([np.bincount(units.ids, v, units.count) for v in den.reshape(-1, n)])
+    draws = unit_draws(units.count, n_boot, seed)
+    dists = np.empty((n_boot, Q))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = (un.sum(1) / ud.sum(1)).reshape(Q, S).mean(1)
+        for start in range(0, n_boot, 100):
+            cnt = np.stack(
+                [
+                    np.bincount(next(draws), minlength=units.count)
+                    for _ in range(min(100, n_boot - start))
+                ]
+            ).astype(np.float64)
+            dists[start : start + len(cnt)] = (
+                ((cnt @ un.T) / (cnt @ ud.T)).reshape(-1, Q, S).mean(2)
+            )
+    return values, dists
+
+
+def _interval(dist: np.ndarray, level: float) -> tuple[float, float]:
+    ok = dist[np.isfinite(dist)]
+    return percentile_interval(ok, level) if ok.size else (math.nan, math.nan)
+
+
+@dataclass
+class _Table:
+    """Per-row scores ``(S, n)`` of each statistic, turned into records with intervals."""
+
+    groups: np.ndarray
+    cfg: ProbeConfig
+    keys: list[dict[str, Any]] = field(default_factory=list)
+    num: list[np.ndarray] = field(default_factory=list)
+    den: list[np.ndarray] = field(default_factory=list)
+    extra: list[dict[str, Any]] = field(default_factory=list)
+    diffs: list[tuple[dict[str, Any], int, int]] = field(default_factory=list)
+
+    def add(self, num: Any, den: Any, extra: dict[str, Any] | None = None, **coords: Any) -> int:
+        self.keys.append(coords)
+        self.num.append(np.asarray(num, np.float64))
+        self.den.append(np.broadcast_to(np.asarray(den, np.float64), np.shape(num)))
+        self.extra.append(extra or {})
+        return len(self.keys) - 1
+
+    def diff(self, a: int, b: int, **coords: Any) -> None:
+        """A record for statistic ``a`` minus statistic ``b`` (paired interval)."""
+        self.diffs.append((coords, a, b))
+
+    def into(self, res: AnalysisResult) -> AnalysisResult:
+        values, dists = _boot(
+            self.groups, np.stack(self.num), np.stack(self.den), self.cfg.n_boot, self.cfg.boot_seed
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_seed = [nu.sum(1) / de.sum(1) for nu, de in zip(self.num, self.den, strict=True)]
+        ids = Units(len(self.groups), self.groups).ids
+
+        def counts(q: int) -> dict[str, int]:
+            rows = self.den[q][0] > 0
+            return {"n": int(rows.sum()), "n_groups": int(np.unique(ids[rows]).size)}
+
+        for q, coords in enumerate(self.keys):
+            rec = res.add(
+                values[q],
+                ci=_interval(dists[:, q], self.cfg.level),
+                **coords,
+                seed_std=seed_summary(per_seed[q]).std,
+                n_seeds=len(per_seed[q]),
+            )
+            rec.update(counts(q), **self.extra[q])
+        for coords, a, b in self.diffs:
+            rec = res.add(
+                values[a] - values[b],
+                ci=_interval(dists[:, a] - dists[:, b], self.cfg.level),
+                **coords,
+                seed_std=seed_summary(per_seed[a] - per_seed[b]).std,
+                n_seeds=len(per_seed[a]),
+            )
+            rec.update(counts(a))
+        return res
+
+
+# --------------------------------------------------------------------------- fitting engine
+
+
+def _stacks(acts: Any) -> dict[str, Any]:
+    """``{"model": stack}`` or the given mapping, each a stack of ``L`` layers ``(n, d)``."""
+    d = dict(acts) if isinstance(acts, Mapping) else {"model": acts}
+    if not d:
+        raise ValueError("no activations given")
+    out = {str(k): _as_stack(v) for k, v in d.items()}
+    shapes = {k: (len(v), int(v[0].shape[0])) for k, v in out.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"all models need the same number of layers and rows; got {shapes}")
+    return out
+
+
+def _predict(
+    train: Any,
+    Y: np.ndarray,
+    masks: np.ndarray,
+    K: int,
+    targets: Sequence[tuple[Any, np.ndarray]],
+    cfg: ProbeConfig,
+    probe: Any = None,
+    name: str = "probe",
+) -> list[np.ndarray]:
+    """Fit a probe per (label row ``p``, training mask ``f``) on ``train``; predict each target
+    row ``r`` with probe ``(p, assign[r])``.
+
+    Args:
+        train: stack of ``L`` layers ``(n, d)``. Y: ``(P, n)`` codes, -1 = no label.
+        masks: ``(F, n)`` training rows. targets: ``(stack, assign)``, ``assign = -1``: skip.
+        probe: a scikit-learn classifier to clone instead of the batched linear probe.
+
+    Returns:
+        per target, ``(L, P, n_t)`` predicted codes (-1 where not predicted).
+    """
+    (P, n), F, L = Y.shape, masks.shape[0], len(train)
+    outs = [np.full((L, P, len(a)), -1, np.int64) for _, a in targets]
+    step = max(1, min(L, _MEM // (n * int(train[0].shape[1]) * 8 * (1 + len(targets)))))
+    for ch in (range(s, min(L, s + step)) for s in range(0, L, step)):
+        if probe is not None:
+            _predict_sklearn(train, Y, masks, targets, outs, ch, probe)
+            continue
+        prep = PreparedLayers([train[i] for i in ch], name=name, layers=ch)
+        tm = np.stack([(Y[p] >= 0) & masks[f] for p in range(P) for f in range(F)])
+        fit = fit_logistic(
+            prep,
+            np.repeat(Y, F, axis=0).clip(min=0),
+            train_mask=tm,
+            n_classes=K,
+            C=cfg.C,
+            tol=cfg.tol,
+            max_iter=cfg.max_iter,
+            name=name,
+        )
+        for t, (tstack, assign) in enumerate(targets):
+            tp = (
+                prep
+                if tstack is train
+                else PreparedLayers([tstack[i] for i in ch], name=name, layers=ch)
+            )
+            a = np.asarray(assign, np.int64)
+            idx = torch.as_tensor(a.clip(min=0)).expand(P, 1, -1)
+            for j, li in enumerate(ch):
+                pred = fit.log_proba(tp.layer(j), layers=[j])[0].argmax(-1).view(P, F, -1)
+                outs[t][li] = np.where(a[None] >= 0, pred.gather(1, idx)[:, 0].numpy(), -1)
+    return outs
+
+
+def _predict_sklearn(
+    train: Any,
+    Y: np.ndarray,
+    masks: np.ndarray,
+    targets: Sequence[tuple[Any, np.ndarray]],
+    outs: list[np.ndarray],
+    ch: range,
+    probe: Any,
+) -> None:
+    from sklearn.base import clone
+
+    for li in ch:
+        X = np.asarray(train[li], np.float64)
+        for p in range(Y.shape[0]):
+            for f in range(masks.shape[0]):
+                rows = masks[f] & (Y[p] >= 0)
+                est = clone(probe).fit(X[rows], Y[p][rows])
+                for t, (tstack, assign) in enumerate(targets):
+                    sel = np.asarray(assign) == f
+                    if sel.any():
+                        outs[t][li, p, sel] = est.predict(np.asarray(tstack[li], np.float64)[sel])
+
+
+def _cv(
+    models: Mapping[str, Any],
+    Y: np.ndarray,
+    g: np.ndarray,
+    K: int,
+    cfg: ProbeConfig,
+    seeds: Sequence[int],
+    probe: Any = None,
+    name: str = "probe",
+) -> dict[str, np.ndarray]:
+    """Out-of-fold correctness ``(L, P, S, n)`` per model; folds by example, one draw per seed."""
+    L, n = len(next(iter(models.values()))), Y.shape[1]
+    out = {m: np.zeros((L, Y.shape[0], len(seeds), n)) for m in models}
+    for si, s in enumerate(seeds):
+        folds = group_folds(g, cfg.n_folds, seed=s)
+        masks = np.stack([folds != f for f in range(cfg.n_folds)])
+        for m, st in models.items():
+            pred = _predict(st, Y, masks, K, [(st, folds)], cfg, probe, name)[0]
+            out[m][:, :, si] = (pred == Y[None]) & (Y[None] >= 0)
+    return out
+
+
+def _setup(acts: Any, labels: Any, groups: Any, cfg: ProbeConfig | None, layer_ids: Any, task: str):
+    """Common input handling: stacks, label codes (-1 = missing), groups, layer ids."""
+    cfg = cfg or ProbeConfig()
+    models = _stacks(acts)
+    codes, classes, keep = encode_labels(
+        labels, missing_label=cfg.missing_label, drop_missing=cfg.drop_missing, name=task
+    )
+    y = np.full(keep.size, -1, np.int64)
+    y[keep] = codes
+    L, n = len(next(iter(models.values()))), y.size
+    if int(next(iter(models.values()))[0].shape[0]) != n:
+        raise ValueError(
+            f"{task}: {n} labels for {int(next(iter(models.values()))[0].shape[0])} rows"
+        )
+    g = np.arange(n) if groups is None else np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"{task}: groups need one example id per row ({n}); got shape {g.shape}")
+    ids = list(range(L)) if layer_ids is None else list(layer_ids)
+    if len(ids) != L:
+        raise ValueError(f"layer_ids has {len(ids)} entries for {L} layers")
+    return cfg, models, y, classes, g, ids
+
+
+def _as_codes(values: Any, classes: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Label values (e.g. control labels) as the task's class codes; -1 where ``like`` is."""
+    out = np.full(like.shape, -1, np.int64)
+    ok = like >= 0
+    out[ok] = np.searchsorted(classes, np.asarray(values)[ok].astype(classes.dtype))
+    return out
+
+
+def _result(
+    name: str, cfg: ProbeConfig, extra_cfg: dict[str, Any], data: dict[str, Any]
+) -> AnalysisResult:
+    return AnalysisResult(
+        "probe", name, "accuracy", config={**cfg.to_dict(), **extra_cfg}, data=data
+    )
