@@ -25,7 +25,11 @@ def compare(
         None, "--languages", help="e.g. en,sv,de (default: all five)"
     ),
     tasks: str | None = typer.Option(
-        None, "--tasks", help="probe tasks (default: language_id,topic)"
+        None,
+        "--tasks",
+        help="probe tasks, comma-separated: names in probes/ (language_id, topic, "
+        "word_initial, position_bucket) or paths of task files (.yaml) "
+        "(default: language_id,topic)",
     ),
     analyses: str | None = typer.Option(
         None,

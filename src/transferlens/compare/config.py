@@ -11,13 +11,51 @@ ANALYSES = ("behaviour", "probe", "similarity", "patch", "lens", "weights")
 BUILTIN_TASKS = ("language_id", "topic")
 
 
+def _check_tasks(tasks: list[str]) -> None:
+    """Every entry must be a task ``load_task`` resolves; names must be unique."""
+    from ..data.tasks import builtin_task_names, load_task
+
+    if isinstance(tasks, str):
+        raise ValueError(f"tasks must be a list of probe task names or task files, not {tasks!r}")
+    names: dict[str, str] = {}
+    for entry in tasks:
+        entry = str(entry)
+        if entry in BUILTIN_TASKS:
+            name = entry
+        else:
+            try:
+                task = load_task(entry)
+            except ValueError as e:
+                if not str(e).startswith("unknown probe task"):
+                    raise
+                valid = sorted(set(BUILTIN_TASKS) | set(builtin_task_names()))
+                raise ValueError(
+                    f"unknown probe task {entry!r}; valid: {', '.join(valid)}, "
+                    "or the path of a task file (.yaml)"
+                ) from None
+            name = task.name
+            if task.source in ("jsonl", "conllu") and task.path:
+                data = task.data_path
+                if not data.is_file():
+                    raise FileNotFoundError(f"{task.file}: no such data file {data}")
+        if name in names:
+            raise ValueError(
+                f"probe tasks {names[name]!r} and {entry!r} are both named {name!r}; "
+                "give each task file its own name"
+            )
+        names[name] = entry
+
+
 @dataclass
 class CompareConfig:
     """What ``compare`` measures and on which data.
 
     Attributes:
         languages: corpus languages to analyse (default: all five).
-        tasks: probe tasks (names in ``probes/`` or paths of task files).
+        tasks: probe tasks: names of task files in ``probes/`` (``language_id``, ``topic``,
+            ``word_initial``, ``position_bucket``, ...) or paths of task files (YAML).
+            ``language_id`` and ``topic`` are probed on the paragraph sample; other tasks on
+            their own examples (see :mod:`transferlens.compare.tasks`).
         analyses: subset of :data:`ANALYSES`; None = all that apply to the pair.
         split: corpus split (``test``: text the adapted model never saw).
         max_examples: paragraphs per language (for behaviour, capture and probes).
@@ -56,12 +94,8 @@ class CompareConfig:
             bad = [a for a in self.analyses if a not in ANALYSES]
             if bad:
                 raise ValueError(f"unknown analysis {bad[0]!r}; valid: {', '.join(ANALYSES)}")
-        unknown = [t for t in self.tasks if t not in BUILTIN_TASKS]
-        if unknown:
-            raise ValueError(
-                f"unknown probe task {unknown[0]!r}; compare runs the built-in tasks "
-                f"{', '.join(BUILTIN_TASKS)} (other tasks: transferlens.analysis.probe_methods)"
-            )
+        _check_tasks(self.tasks)
+        self.tasks = [str(t) for t in self.tasks]
         if self.max_examples < 8:
             raise ValueError("--max-examples must be at least 8 (intervals need examples)")
         if not 0.5 < self.ci_level < 1:

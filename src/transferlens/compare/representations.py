@@ -15,6 +15,7 @@ import numpy as np
 from ..results import AnalysisResult
 from .config import CompareConfig
 from .data import Sample
+from .tasks import FAST_TASKS, add_probe_records, probe_into
 
 __all__ = ["PairedStacks", "capture_stage", "probe_stage", "similarity_stage"]
 
@@ -110,8 +111,9 @@ def probe_stage(
     acts: PairedStacks,
     cfg: CompareConfig,
 ) -> tuple[list[AnalysisResult], dict[str, Any]]:
-    """Probe accuracy per layer with control tasks (language identity, topic), cross-lingual
-    transfer at the best layer, and base→adapted transfer."""
+    """Probe accuracy per layer with control tasks (language identity, topic on the paragraph
+    means; any other task on its own examples, see :mod:`transferlens.compare.tasks`),
+    cross-lingual transfer at the best topic layer."""
     from ..analysis.probe_methods import ProbeConfig, cross_lingual_transfer, selectivity
 
     pc = ProbeConfig(
@@ -123,12 +125,13 @@ def probe_stage(
         C=1.0,
     )
     common = _common(handles, cfg)
+    fast = [t for t in cfg.tasks if t in FAST_TASKS]
     acc = AnalysisResult(
         "probe",
         "probe_accuracy",
         "accuracy",
         data={
-            "description": acts.description + ". 5-fold CV grouped by paragraph.",
+            "description": acts.description + ". 5-fold CV grouped by paragraph." if fast else "",
             "ci_unit": "paragraphs",
             "chance": {},
         },
@@ -146,7 +149,7 @@ def probe_stage(
     tasks = {"language_id": acts.languages, "topic": acts.topics}
     for task in cfg.tasks:
         if task not in tasks:
-            notes.append(f"probe task {task!r} is not built into compare; run it with the API")
+            probe_into(handles, task, cfg, pc, acc, best, notes)
             continue
         labels = tasks[task]
         if len(set(labels.tolist())) < 2:
@@ -171,35 +174,7 @@ def probe_stage(
         )
         values, counts = np.unique(labels, return_counts=True)
         acc.data["chance"][task] = float(counts.max() / counts.sum())
-        for r in res.records:
-            kind = {"task_accuracy": "task", "control_accuracy": "control"}.get(r.get("quantity"))
-            if kind is None or r.get("model") not in ("base", "adapted"):
-                continue
-            acc.add(
-                r["value"],
-                ci=(r.get("ci_low"), r.get("ci_high")) if r.get("ci_low") is not None else None,
-                n=r.get("n"),
-                task=task,
-                model=r["model"],
-                kind=kind,
-                layer=r["layer"],
-            )
-        for role in ("base", "adapted"):
-            rr = [
-                r
-                for r in acc.records
-                if r["task"] == task and r["model"] == role and r["kind"] == "task"
-            ]
-            top = max(rr, key=lambda r: r["value"])
-            best.add(
-                top["value"],
-                ci=(top.get("ci_low"), top.get("ci_high"))
-                if top.get("ci_low") is not None
-                else None,
-                task=task,
-                model=role,
-                layer=top["layer"],
-            )
+        add_probe_records(acc, best, res, task)
         if task == "topic" and transfer is None:
             transfer = _topic_transfer(acts, labels, pc, cross_lingual_transfer, common, best)
     out = [acc, best] + ([transfer] if transfer is not None else [])

@@ -23,6 +23,7 @@ from typing import Any
 from ..results import AnalysisResult, atomic_write_text, save_results, to_jsonable
 from .cache import StageCache
 from .config import ANALYSES, CompareConfig
+from .tasks import task_key
 
 __all__ = ["applicable_analyses", "compare"]
 
@@ -164,8 +165,11 @@ def compare(
             def compute(fn=fn, captured=captured):
                 return fn(handles, sample, cfg, captured)
 
+            # the probe stage also depends on the task definitions and their data files
+            files = task_key(cfg.tasks) if stage == "probe" else []
+            stage_cfg = dict(key_cfg, task_files=files) if files else key_cfg
             try:
-                res, m = cache.run(stage, fps, key_cfg, compute)
+                res, m = cache.run(stage, fps, stage_cfg, compute)
             except (ValueError, RuntimeError) as e:  # recorded, never silently dropped
                 log.warning("stage %s failed: %s", stage, e)
                 skipped.append({"analysis": stage, "reason": f"failed: {e}"})

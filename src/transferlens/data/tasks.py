@@ -179,6 +179,12 @@ class ProbeTask:
         d["languages"] = list(self.languages)
         return d
 
+    @property
+    def data_path(self) -> Path | None:
+        """The task's data file or folder (``path`` resolved against the task file's folder),
+        or None for corpus tasks and tasks without a path."""
+        return self._resolve(self.path) if self.path and self.source != "corpus" else None
+
     def _resolve(self, path: str) -> Path:
         p = Path(path)
         return p if p.is_absolute() or self.file is None else Path(self.file).parent / p
@@ -480,6 +486,7 @@ def token_labels(
             add_special_tokens=add_special_tokens,
             return_offsets_mapping=True,
             return_special_tokens_mask=True,
+            verbose=False,  # labels only: the model's context limit applies later, in capture
         )
         ids, offs, special = enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
     else:  # tokenizers.Tokenizer
