@@ -212,7 +212,7 @@ def default_prompts(
             if made >= n:
                 break
             if kind == "continuation":
-                ids = tokenizer(sv)["input_ids"]
+                ids = tokenizer(sv, verbose=False)["input_ids"]  # length checked below
                 if len(ids) < prompt_tokens + target_tokens or not sv:
                     continue
                 ids = ids[: prompt_tokens + target_tokens]
