@@ -1,0 +1,573 @@
+"""The batched logistic-regression solver behind the linear probes.
+
+The objective is scikit-learn's ``LogisticRegression`` objective, written per problem as
+
+    mean_i −log softmax(W·z_i + b)[y_i]  +  λ/2 ‖W‖²,     λ = 1 / (C · n_train),
+
+where ``z_i`` are the inputs standardised with the mean and (population) standard deviation of
+the training rows and the intercept ``b`` is not penalised. With two classes scikit-learn fits a
+binomial model (one weight vector, penalty ½‖v‖²); the multinomial model with penalty λ·‖W‖²
+(twice as strong) has the same solution, which is what is used here, so the probabilities agree
+for any number of classes.
+
+The solver is a batched L-BFGS in float64 on torch that fits many independent problems at once:
+every layer of a stack of activations (``L × n × d``) and, per layer, several problems that share
+the same rows but differ in labels and in which rows they train on (cross-validation folds, task
+and control labels). One matrix product per layer serves all its problems, which is what makes a
+full probing protocol fast. Each problem has its own L-BFGS memory, line search and stopping test
+(max |gradient| ≤ ``tol``, scikit-learn's ``tol`` for lbfgs; a problem whose line search can no
+longer decrease the objective stops there and counts as not converged). L-BFGS is preconditioned
+with the inverse of ``Σ/K + λ`` (Σ: the correlation of the standardised features, from a
+subsample of rows): the same solution in far fewer iterations on the strongly correlated features
+of language-model activations.
+
+:mod:`~transferlens.analysis.probing` wraps it as a scikit-learn estimator (``LinearProbe``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LogisticFit", "PreparedLayers", "check_finite", "fit_logistic"]
+
+_CHUNK_BYTES = 256 * 2**20
+
+
+def _site(name: str | None) -> str:
+    return f"probe input {name!r}" if name else "probe input"
+
+
+def check_finite(X: Any, name: str | None = None) -> None:
+    """Raise ``ValueError`` if ``X`` holds NaN or inf values.
+
+    Args:
+        X: array or tensor of activations, any shape.
+        name: the site the activations come from (``"layer 3 resid_post"``), used in the message.
+    """
+    if isinstance(X, torch.Tensor):
+        bad = int((~torch.isfinite(X)).sum().item()) if X.is_floating_point() else 0
+        total = X.numel()
+    else:
+        arr = np.asarray(X)
+        bad = int((~np.isfinite(arr)).sum()) if np.issubdtype(arr.dtype, np.inexact) else 0
+        total = arr.size
+    if bad:
+        raise ValueError(
+            f"{_site(name)} has {bad} non-finite values (NaN or inf) out of {total}; "
+            "check the capture (overflow in float16?) or drop those rows before probing"
+        )
+
+
+def _as_stack(X: Any) -> Any:
+    """View a list of ``(n, d)`` arrays, an ``(n, d)`` or an ``(L, n, d)`` array as a stack."""
+    if isinstance(X, (list, tuple)):
+        return X
+    if not hasattr(X, "shape"):
+        X = np.asarray(X)
+    if len(X.shape) == 2:
+        return X[None]
+    if len(X.shape) != 3:
+        raise ValueError(f"activations must be (n, d) or (L, n, d), got shape {tuple(X.shape)}")
+    return X
+
+
+def _layer_tensor(X: Any, i: int) -> torch.Tensor:
+    x = X[i]
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    return t.detach().to("cpu", torch.float64)
+
+
+class PreparedLayers:
+    """Layers as centred float64 tensors with cached preconditioners, reused across fits.
+
+    Args:
+        X: ``(L, n, d)`` activations (array, tensor, memmap, list of ``(n, d)``) or ``(n, d)``.
+        name: the site, for messages.
+        layers: the layer numbers of ``X``, for messages.
+    """
+
+    def __init__(
+        self, X: Any, *, name: str | None = None, layers: Sequence[int] | None = None
+    ) -> None:
+        X = _as_stack(X)
+        self.name = name
+        self.xs: list[torch.Tensor] = []
+        self.refs: list[torch.Tensor] = []
+        for li in range(len(X)):
+            lid = li if layers is None else layers[li]
+            site = f"{name + ', ' if name else ''}layer {lid}"
+            x = _layer_tensor(X, li)
+            if x.ndim != 2 or (self.xs and x.shape != self.xs[0].shape):
+                raise ValueError(
+                    f"{_site(site)} has shape {tuple(x.shape)}, "
+                    "expected the same (n, d) for every layer"
+                )
+            check_finite(x, site if len(X) > 1 or layers is not None or not name else name)
+            ref = x.mean(0)
+            self.xs.append(x - ref)
+            self.refs.append(ref)
+        self._gram: list[torch.Tensor | None] = [None] * len(self.xs)
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+    @property
+    def n(self) -> int:
+        return int(self.xs[0].shape[0])
+
+    @property
+    def d(self) -> int:
+        return int(self.xs[0].shape[1])
+
+    def layer(self, j: int) -> PreparedLayers:
+        """Layer ``j`` alone (a view, no copy)."""
+        new = object.__new__(PreparedLayers)
+        new.name, new.xs, new.refs = self.name, [self.xs[j]], [self.refs[j]]
+        new._gram = [self._gram[j]]
+        return new
+
+    def rows(self, idx: Any) -> PreparedLayers:
+        """The same layers restricted to rows ``idx`` (preconditioners from all rows)."""
+        idx = torch.as_tensor(np.asarray(idx))
+        new = object.__new__(PreparedLayers)
+        new.name, new.refs, new._gram = (
+            self.name,
+            self.refs,
+            [self.gram(j) for j in range(len(self))],
+        )
+        new.xs = [x[idx] for x in self.xs]
+        return new
+
+    def gram(self, li: int, max_rows: int = 2048) -> torch.Tensor:
+        """Feature correlation ``(d, d)`` of layer ``li`` from up to ``max_rows`` evenly spaced rows
+        (cached; it only shapes the preconditioner, never the solution)."""
+        if self._gram[li] is None:
+            x = self.xs[li]
+            z = x[:: max(1, x.shape[0] // max_rows)]
+            z = z / z.std(0, correction=0).clamp_min(1e-12)
+            self._gram[li] = z.T @ z / z.shape[0]
+        return self._gram[li]
+
+
+@dataclass
+class LogisticFit:
+    """Fitted parameters of a batch of problems (``L`` layers × ``P`` problems).
+
+    Attributes:
+        coef: ``(L, P, d, K)`` weights on the standardised inputs.
+        intercept: ``(L, P, K)``.
+        mean: ``(L, P, d)`` training-row means.
+        scale: ``(L, P, d)`` training-row standard deviations (1 where a feature is constant).
+        class_mask: ``(P, K)`` classes each problem was fitted on (others get probability 0).
+        n_iter: ``(L, P)`` L-BFGS iterations.
+        converged: ``(L, P)`` whether the stopping test was met within ``max_iter``.
+    """
+
+    coef: torch.Tensor
+    intercept: torch.Tensor
+    mean: torch.Tensor
+    scale: torch.Tensor
+    class_mask: torch.Tensor
+    n_iter: np.ndarray
+    converged: np.ndarray
+
+    def log_proba(self, X: Any, layers: Sequence[int] | None = None) -> torch.Tensor:
+        """Log-probabilities ``(L, P, n, K)`` (float64) of every problem's model on rows ``X``.
+
+        Args:
+            X: ``(L, n, d)`` inputs or :class:`PreparedLayers`, one layer per fitted layer
+                (or per entry of ``layers``).
+            layers: which fitted layers ``X`` holds (default: all).
+        """
+        prep = X if isinstance(X, PreparedLayers) else PreparedLayers(X)
+        idx = list(range(self.coef.shape[0])) if layers is None else list(layers)
+        if len(prep) != len(idx):
+            raise ValueError(f"X holds {len(prep)} layers but {len(idx)} were requested")
+        out = []
+        for j, li in enumerate(idx):
+            W, sd = self.coef[li], self.scale[li]
+            P, d, K = W.shape
+            c = self.intercept[li] + torch.einsum(
+                "pd,pdk->pk", (prep.refs[j] - self.mean[li]) / sd, W
+            )
+            Vt = (W / sd[:, :, None]).transpose(1, 2).reshape(P * K, d)
+            Z = (Vt @ prep.xs[j].T).view(P, K, -1) + c[:, :, None]
+            Z = Z.masked_fill(~self.class_mask[:, :, None], -math.inf)
+            out.append(torch.log_softmax(Z, dim=1).transpose(1, 2))
+        return torch.stack(out)
+
+
+def _loss_grad(
+    x: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor,
+    mu: torch.Tensor,
+    sd: torch.Tensor,
+    lam: torch.Tensor,
+    Y: torch.Tensor,
+    M: torch.Tensor,
+    cmask: torch.Tensor,
+    pen_b: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Objectives and gradients of ``p`` problems on ``Lb`` layers sharing rows.
+
+    Shapes: x ``(Lb, n, d)``, W ``(Lb, p, d, K)``, b ``(Lb, p, K)``, mu/sd ``(Lb, p, d)``,
+    lam ``(p,)``, Y/M ``(p, n)`` (codes, weights 1/n_p on training rows), cmask ``(p, K)``.
+    Logits are kept class-major, ``(Lb, p, K, n)``: both products then read ``x`` row-major
+    (``Vᵀxᵀ`` and ``Gx``), several times faster than ``xᵀG`` for few columns.
+    """
+    Lb, n, d = x.shape
+    p, K = W.shape[1], W.shape[3]
+    c = b - torch.einsum("lpd,lpdk->lpk", mu / sd, W)
+    Vt = (W / sd[..., None]).transpose(2, 3).reshape(Lb, p * K, d)
+    Z = torch.bmm(Vt, x.transpose(1, 2)).view(Lb, p, K, n) + c[..., None]
+    logp = torch.log_softmax(Z.masked_fill(~cmask[:, :, None], -math.inf), dim=2)
+    idx = Y[None, :, None, :].expand(Lb, p, 1, n)
+    lt = logp.gather(2, idx)[:, :, 0]
+    loss = -torch.where(M > 0, lt, 0.0).mul(M).sum(-1)  # (Lb, p)
+    G = logp.exp()
+    G.scatter_add_(2, idx, -torch.ones_like(G[:, :, :1]))
+    G.mul_(M[:, None, :])
+    GX = torch.bmm(G.view(Lb, p * K, n), x).view(Lb, p, K, d).transpose(2, 3)
+    Gs = G.sum(-1)  # (Lb, p, K)
+    gW = GX / sd[..., None] - (mu / sd)[..., None] * Gs[:, :, None, :] + lam[:, None, None] * W
+    pen = (W * W).sum((2, 3))
+    if pen_b:
+        Gs, pen = Gs + lam[:, None] * b, pen + (b * b).sum(2)
+    return loss + 0.5 * lam * pen, gW, Gs
+
+
+class _Objective:
+    """Objectives and gradients of ``L × P`` problems; the problems of a layer share its rows.
+
+    Small inputs are evaluated for all layers and problems in one batched pass; large ones
+    layer by layer, for the problems still running only.
+    """
+
+    def __init__(
+        self,
+        prep: PreparedLayers,
+        Y: torch.Tensor,
+        M: torch.Tensor,
+        mean: torch.Tensor,
+        scale: torch.Tensor,
+        lam: torch.Tensor,
+        class_mask: torch.Tensor,
+        penalize_intercept: bool,
+    ) -> None:
+        self.prep, self.Y, self.M = prep, Y, M  # (P, n)
+        self.mean, self.scale, self.lam = mean, scale, lam  # (L,P,d) (L,P,d) (P,), centred data
+        self.class_mask, self.pen_b = class_mask, penalize_intercept
+        self.P, self.K = class_mask.shape
+        self.d = prep.d
+        self.X = torch.stack(prep.xs) if prep.n * prep.d * len(prep) <= 2**21 else None
+
+    def preconditioner(self, use: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Approximate inverse Hessian ``(Σ/K + λ̄)⁻¹`` (Σ: feature correlation, λ̄: the median
+        penalty of the problems in ``use``) for those problems; identity for the others."""
+        L, P, K, d, lam = len(self.prep), self.P, self.K, self.d, self.lam
+        lam_bar = float(lam[use].median())
+        eye = torch.eye(d, dtype=torch.float64)
+        chol = torch.linalg.cholesky(
+            torch.stack([self.prep.gram(li) / K + lam_bar * eye for li in range(L)])
+        )
+        div_b = 1.0 / K + (lam[use][None, :, None] if self.pen_b else 0.0)
+        ui = use.nonzero().flatten()
+        u = ui.numel()
+
+        def apply(v: torch.Tensor) -> torch.Tensor:
+            v = v.view(L, P, d * K + K)
+            vu = v[:, ui]
+            vw = vu[..., : d * K].reshape(L, u, d, K).permute(0, 2, 1, 3).reshape(L, d, u * K)
+            a = torch.cholesky_solve(vw, chol).view(L, d, u, K).permute(0, 2, 1, 3)
+            out = v.clone()
+            out[:, ui] = torch.cat([a.reshape(L, u, d * K), vu[..., d * K :] / div_b], dim=2)
+            return out.view(L * P, -1)
+
+        return apply
+
+    def __call__(
+        self, theta: torch.Tensor, active: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        L, P, K, d = len(self.prep), self.P, self.K, self.d
+        theta = theta.view(L, P, d * K + K)
+        W, b = theta[..., : d * K].reshape(L, P, d, K), theta[..., d * K :]
+        if self.X is not None:  # small: everything at once
+            f, gW, gb = _loss_grad(
+                self.X,
+                W,
+                b,
+                self.mean,
+                self.scale,
+                self.lam,
+                self.Y,
+                self.M,
+                self.class_mask,
+                self.pen_b,
+            )
+            return f.view(-1), torch.cat([gW.reshape(L, P, d * K), gb], dim=2).view(L * P, -1)
+        f = torch.zeros(L, P, dtype=torch.float64)
+        g = torch.zeros(L, P, d * K + K, dtype=torch.float64)
+        act = active.view(L, P)
+        for li in range(L):
+            pi = act[li].nonzero().flatten()
+            if pi.numel() == 0:
+                continue
+            fl, gW, gb = _loss_grad(
+                self.prep.xs[li][None],
+                W[li, pi][None],
+                b[li, pi][None],
+                self.mean[li, pi][None],
+                self.scale[li, pi][None],
+                self.lam[pi],
+                self.Y[pi],
+                self.M[pi],
+                self.class_mask[pi],
+                self.pen_b,
+            )
+            f[li, pi] = fl[0]
+            g[li, pi] = torch.cat([gW[0].reshape(len(pi), d * K), gb[0]], dim=1)
+        return f.view(-1), g.view(L * P, -1)
+
+
+def _lbfgs(
+    fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    history: int = 10,
+    max_ls: int = 40,
+    precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Minimise ``B`` independent smooth objectives at once (rows of ``x``).
+
+    Each row keeps its own curvature pairs (a skipped update is stored as a zero pair), step
+    length (Armijo backtracking with quadratic interpolation) and stopping test. ``precond``
+    applies an approximate inverse Hessian (the initial matrix of the two-loop recursion).
+    """
+    pc = precond if precond is not None else (lambda v: v)
+    B, D = x.shape
+    active = torch.ones(B, dtype=torch.bool)
+    f, g = fun(x, active)
+    n_iter = torch.zeros(B, dtype=torch.long)
+    done = g.abs().amax(1) <= tol
+    converged = done.clone()
+    active &= ~done
+    S = torch.zeros(history, B, D, dtype=x.dtype)
+    Yh = torch.zeros(history, B, D, dtype=x.dtype)
+    rho = torch.zeros(history, B, dtype=x.dtype)
+    gamma = torch.ones(B, dtype=x.dtype)
+    has_hist = torch.zeros(B, dtype=torch.bool)
+    k = 0
+    for _ in range(max_iter):
+        if not bool(active.any()):
+            break
+        # two-loop recursion
+        q = -g
+        alphas = []
+        for j in range(min(k, history)):
+            s = (k - 1 - j) % history
+            a = rho[s] * (S[s] * q).sum(1)
+            q = q - a[:, None] * Yh[s]
+            alphas.append((s, a))
+        r = gamma[:, None] * pc(q)
+        for s, a in reversed(alphas):
+            beta = rho[s] * (Yh[s] * r).sum(1)
+            r = r + S[s] * (a - beta)[:, None]
+        gd = (g * r).sum(1)
+        bad = ~(gd < 0) | ~has_hist
+        if bool(bad.any()):
+            pg = -pc(g)[bad]
+            gn = pg.norm(dim=1).clamp_min(1e-300)
+            first = (~has_hist)[bad]
+            scale = torch.where(first, torch.clamp(1.0 / gn, max=1.0), torch.ones_like(gn))
+            r[bad] = pg * scale[:, None]
+            gd = (g * r).sum(1)
+        t = torch.ones(B, dtype=x.dtype)
+        searching = active.clone()
+        x_new, f_new, g_new = x.clone(), f.clone(), g.clone()
+        accepted = torch.zeros(B, dtype=torch.bool)
+        for _ls in range(max_ls):
+            xt = x + t[:, None] * r
+            ft, gt = fun(xt, searching)
+            ok = searching & torch.isfinite(ft) & (ft <= f + 1e-4 * t * gd)
+            x_new[ok], f_new[ok], g_new[ok] = xt[ok], ft[ok], gt[ok]
+            accepted |= ok
+            searching &= ~ok
+            if not bool(searching.any()):
+                break
+            den = 2.0 * (ft - f - gd * t)
+            tq = torch.where(torch.isfinite(ft) & (den > 0), -gd * t * t / den, 0.1 * t)
+            t = torch.where(searching, torch.minimum(torch.maximum(tq, 0.1 * t), 0.5 * t), t)
+        stalled = searching  # line search failed: at the limit of float64 precision
+        sv, yv = x_new - x, g_new - g
+        sy = (sv * yv).sum(1)
+        valid = accepted & (sy > 1e-10 * sv.norm(dim=1) * yv.norm(dim=1))
+        slot = k % history
+        S[slot] = torch.where(valid[:, None], sv, 0.0)
+        Yh[slot] = torch.where(valid[:, None], yv, 0.0)
+        rho[slot] = torch.where(valid, 1.0 / torch.where(valid, sy, 1.0), 0.0)
+        gamma = torch.where(valid, sy / (yv * pc(yv)).sum(1).clamp_min(1e-300), gamma)
+        has_hist |= valid
+        k += 1
+        n_iter += active.long()
+        x, f, g = x_new, f_new, g_new
+        conv = active & accepted & (g.abs().amax(1) <= tol)
+        converged |= conv
+        active &= ~(conv | stalled)
+    return x, n_iter.numpy(), converged.numpy()
+
+
+def fit_logistic(
+    X: Any,
+    y: Any,
+    *,
+    train_mask: Any = None,
+    n_classes: int | None = None,
+    C: float = 1.0,
+    standardize: bool = True,
+    penalize_intercept: bool = False,
+    all_classes: bool = False,
+    tol: float = 1e-6,
+    max_iter: int = 1000,
+    history: int = 10,
+    precondition: bool | None = None,
+    name: str | None = None,
+) -> LogisticFit:
+    """Fit ``L × P`` L2-regularised multinomial logistic regressions at once.
+
+    Args:
+        X: ``(L, n, d)`` activations (array, tensor, memmap, list of ``(n, d)``), ``(n, d)``, or
+            :class:`PreparedLayers`. Raw inputs are converted in chunks of layers (≈256 MiB).
+        y: ``(n,)`` or ``(P, n)`` integer class codes in ``[0, K)``, one row per problem.
+        train_mask: ``(P, n)`` or ``(n,)`` booleans, the rows each problem trains on
+            (default: all rows).
+        n_classes: ``K`` (default: largest code + 1).
+        C: inverse regularisation strength, as in scikit-learn.
+        standardize: standardise inputs with each problem's training-row mean and std.
+        penalize_intercept: also penalise the intercept (not scikit-learn's objective).
+        all_classes: fit every problem on all ``K`` classes, even those absent from its
+            training rows (needs ``penalize_intercept`` to stay finite); default: only the
+            classes present, as scikit-learn does.
+        tol: stop when max |gradient| of the mean-loss objective is at most ``tol``.
+        max_iter: L-BFGS iterations per problem.
+        history: L-BFGS memory.
+        precondition: precondition L-BFGS with the feature correlation (same solution, far
+            fewer iterations on correlated activations); None (default): for the problems
+            with at least ``d`` training rows (below that the penalty dominates the curvature).
+        name: the site, for messages.
+
+    Returns:
+        A :class:`LogisticFit` with ``L × P`` fitted problems.
+    """
+    if isinstance(X, PreparedLayers):
+        chunks: list[Any] = [X]
+        n = X.n
+    else:
+        X = _as_stack(X)
+        n = int(X[0].shape[0])
+        per_layer = n * int(X[0].shape[1]) * 8
+        step = max(1, min(len(X), _CHUNK_BYTES // max(per_layer, 1)))
+        chunks = [range(s, min(len(X), s + step)) for s in range(0, len(X), step)]
+    Y = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    Y = Y[None] if Y.ndim == 1 else Y
+    if Y.ndim != 2 or Y.shape[1] != n:
+        raise ValueError(f"{_site(name)}: {n} rows but labels of shape {tuple(Y.shape)}")
+    P = Y.shape[0]
+    Mb = (
+        torch.ones(P, n, dtype=torch.bool)
+        if train_mask is None
+        else torch.as_tensor(np.asarray(train_mask), dtype=torch.bool)
+    )
+    Mb = Mb.expand(P, n) if Mb.ndim == 1 else Mb
+    if tuple(Mb.shape) != (P, n):
+        raise ValueError(
+            f"{_site(name)}: train_mask must have shape {(P, n)}, got {tuple(Mb.shape)}"
+        )
+    if all_classes and not penalize_intercept:
+        raise ValueError("all_classes=True needs penalize_intercept=True (finite intercepts)")
+    K = int(n_classes) if n_classes is not None else int(Y.max()) + 1
+    if int(Y.min()) < 0 or int(Y.max()) >= K:
+        raise ValueError(f"{_site(name)}: label codes must lie in [0, {K})")
+    n_p = Mb.sum(1)
+    present = torch.zeros(P, K, dtype=torch.bool)
+    for p in range(P):
+        present[p, Y[p][Mb[p]]] = True
+    if bool((n_p == 0).any()) or (not all_classes and bool((present.sum(1) < 2).any())):
+        raise ValueError(
+            f"{_site(name)}: training rows hold only 1 class (or none); "
+            "a probe needs at least 2 classes"
+        )
+    class_mask = torch.ones(P, K, dtype=torch.bool) if all_classes else present
+    # scikit-learn fits two classes as one binomial vector: same solution as a doubled penalty
+    lam = torch.where(class_mask.sum(1) == 2, 2.0, 1.0).double() / (C * n_p.double())
+    M = Mb.double() / n_p.double()[:, None]
+    parts = []
+    for chunk in chunks:
+        prep = (
+            chunk
+            if isinstance(chunk, PreparedLayers)
+            else PreparedLayers([X[i] for i in chunk], name=name)
+        )
+        mus, sds = [], []
+        for x in prep.xs:
+            if standardize:
+                mu = M @ x
+                sd = (M @ (x * x) - mu * mu).clamp_min(0.0).sqrt()
+                sd = torch.where(sd <= 1e-12 * (1.0 + mu.abs()), 1.0, sd)
+            else:
+                mu, sd = (
+                    torch.zeros(P, prep.d, dtype=torch.float64),
+                    torch.ones(P, prep.d, dtype=torch.float64),
+                )
+            mus.append(mu)
+            sds.append(sd)
+        mu_t, sd_t = torch.stack(mus), torch.stack(sds)
+        if not standardize:  # the model sees raw inputs: undo the centring in the parametrisation
+            mu_t = -torch.stack(prep.refs)[:, None, :].expand(len(prep), P, prep.d).clone()
+        obj = _Objective(prep, Y, M, mu_t, sd_t, lam, class_mask, penalize_intercept)
+        theta0 = torch.zeros(len(prep) * P, prep.d * K + K, dtype=torch.float64)
+        use = n_p >= prep.d if precondition is None else torch.full((P,), bool(precondition))
+        use &= standardize
+        pc = obj.preconditioner(use) if bool(use.any()) else None
+        theta, it, cv = _lbfgs(obj, theta0, max_iter=max_iter, tol=tol, history=history, precond=pc)
+        theta = theta.view(len(prep), P, -1)
+        refs = torch.stack(prep.refs)[:, None, :]
+        parts.append(
+            (
+                theta[:, :, : prep.d * K].reshape(len(prep), P, prep.d, K),
+                theta[:, :, prep.d * K :],
+                mu_t + refs,
+                sd_t,
+                it.reshape(len(prep), P),
+                cv.reshape(len(prep), P),
+            )
+        )
+    conv = np.concatenate([p[5] for p in parts])
+    if not conv.all():
+        logger.info(
+            "%s: %d of %d fits stopped at max_iter=%d",
+            _site(name),
+            int((~conv).sum()),
+            conv.size,
+            max_iter,
+        )
+    return LogisticFit(
+        torch.cat([p[0] for p in parts]),
+        torch.cat([p[1] for p in parts]),
+        torch.cat([p[2] for p in parts]),
+        torch.cat([p[3] for p in parts]),
+        class_mask,
+        np.concatenate([p[4] for p in parts]),
+        conv,
+    )
