@@ -72,6 +72,33 @@ def _command(ctx: typer.Context) -> str:
     return " ".join(parts)
 
 
+def _train(
+    ctx: typer.Context,
+    method: str,
+    args: tuple[str, ...],
+    preset: str,
+    opts: dict[str, Any],
+    sets: list[str] | None,
+    overwrite: bool,
+    no_resume: bool,
+) -> None:
+    """Build the config, run ``transferlens.training.<method>(*args, config, ...)``, report."""
+    from .. import training
+
+    cfg = _config(method, preset, opts, sets)
+    fn = getattr(training, method)
+    _report(
+        fn(
+            *args,
+            cfg,
+            overwrite=overwrite,
+            resume=not no_resume,
+            preset=preset,
+            command=_command(ctx),
+        )
+    )
+
+
 @train_app.command("pretrain")
 def pretrain_cmd(
     ctx: typer.Context,
@@ -89,8 +116,6 @@ def pretrain_cmd(
     no_resume: bool = _NO_RESUME,
 ) -> None:
     """Train a BPE tokenizer and a small causal LM from scratch (default: English + German)."""
-    from ..training import pretrain
-
     opts = dict(
         languages=languages,
         arch=arch,
@@ -100,17 +125,7 @@ def pretrain_cmd(
         grad_accum=grad_accum,
         seed=seed,
     )
-    cfg = _config("pretrain", preset, opts, set_)
-    _report(
-        pretrain(
-            out,
-            cfg,
-            overwrite=overwrite,
-            resume=not no_resume,
-            preset=preset,
-            command=_command(ctx),
-        )
-    )
+    _train(ctx, "pretrain", (out,), preset, opts, set_, overwrite, no_resume)
 
 
 @train_app.command("adapt")
@@ -134,8 +149,6 @@ def adapt_cmd(
     no_resume: bool = _NO_RESUME,
 ) -> None:
     """Continue pretraining PARENT on a new language (full or LoRA)."""
-    from ..training import adapt
-
     opts = dict(
         language=language,
         tuning=tuning,
@@ -148,18 +161,7 @@ def adapt_cmd(
         grad_accum=grad_accum,
         seed=seed,
     )
-    cfg = _config("adapt", preset, opts, set_)
-    _report(
-        adapt(
-            parent,
-            out,
-            cfg,
-            overwrite=overwrite,
-            resume=not no_resume,
-            preset=preset,
-            command=_command(ctx),
-        )
-    )
+    _train(ctx, "adapt", (parent, out), preset, opts, set_, overwrite, no_resume)
 
 
 @train_app.command("sft")
@@ -183,8 +185,6 @@ def sft_cmd(
     no_resume: bool = _NO_RESUME,
 ) -> None:
     """Instruction-tune PARENT on prompt/response pairs (loss on the response only)."""
-    from ..training import sft
-
     opts = dict(
         task=task,
         eval_data=eval_data,
@@ -197,18 +197,7 @@ def sft_cmd(
         grad_accum=grad_accum,
         seed=seed,
     )
-    cfg = _config("sft", preset, opts, set_)
-    _report(
-        sft(
-            parent,
-            out,
-            cfg,
-            overwrite=overwrite,
-            resume=not no_resume,
-            preset=preset,
-            command=_command(ctx),
-        )
-    )
+    _train(ctx, "sft", (parent, out), preset, opts, set_, overwrite, no_resume)
 
 
 @train_app.command("dpo")
@@ -234,8 +223,6 @@ def dpo_cmd(
     no_resume: bool = _NO_RESUME,
 ) -> None:
     """Preference-tune PARENT with DPO on (prompt, chosen, rejected) triples."""
-    from ..training import dpo
-
     opts = dict(
         pairs=pairs,
         eval_data=eval_data,
@@ -250,15 +237,4 @@ def dpo_cmd(
         grad_accum=grad_accum,
         seed=seed,
     )
-    cfg = _config("dpo", preset, opts, set_)
-    _report(
-        dpo(
-            parent,
-            out,
-            cfg,
-            overwrite=overwrite,
-            resume=not no_resume,
-            preset=preset,
-            command=_command(ctx),
-        )
-    )
+    _train(ctx, "dpo", (parent, out), preset, opts, set_, overwrite, no_resume)

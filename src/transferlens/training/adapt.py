@@ -17,21 +17,19 @@ from ..analysis.behaviour import fertility
 from .common import (
     TrainResult,
     bpb_by_language,
-    finish,
+    finish_finetune,
     lm_collate,
     lm_loss,
     load_parent,
     pack_texts,
     parent_record,
     prepare_output,
-    relative_parent,
     tokenizer_sha,
-    training_record,
 )
 from .config import AdaptConfig
 from .datasets import check_languages, corpus_texts
 from .loop import make_accelerator, run_loop
-from .lora import adapter_record, apply_lora, check_target_modules
+from .lora import apply_lora, check_target_modules
 from .tokenizer import extend_vocabulary
 
 __all__ = ["adapt"]
@@ -144,29 +142,20 @@ def adapt(
     metrics.update(loop.eval)
     if acc.is_main_process:
         metrics["fertility"] = fertility(tok, eval_texts.get(lang, texts)).value
-    provenance = {
-        "method": "adapt",
-        "tuning": config.tuning,
-        "parent": parent_rec,
-        "config": config.to_dict(),
-        "preset": preset,
-        "data": data,
-        "seed": config.seed,
-        "metrics": metrics,
-        "vocab_extension": vocab,
-        "training": training_record(loop, config, acc),
-        "command": command,
-    }
-    adapter = None
-    if lcfg is not None:
-        adapter = adapter_record(loop.model, lcfg, relative_parent(parent_rec, out))
-    finish(out, run_dir, loop.model, tok, provenance, acc, adapter=adapter)
-    return TrainResult(
-        path=out,
+    return finish_finetune(
+        "adapt",
+        out,
+        run_dir,
+        loop,
+        tok,
+        config,
+        acc,
+        parent=parent_rec,
+        lora_config=lcfg,
+        preset=preset,
+        data=data,
         metrics=metrics,
-        run_dir=run_dir,
-        steps=loop.steps,
-        tokens=loop.tokens,
-        seconds=time.perf_counter() - t0,
-        provenance=provenance,
+        command=command,
+        started=t0,
+        extra={"vocab_extension": vocab},
     )

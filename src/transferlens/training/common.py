@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,61 @@ def finish(
             state.unlink()
         log.info("wrote %s", out)
     accelerator.wait_for_everyone()
+
+
+def finish_finetune(
+    method: str,
+    out: Path,
+    run_dir: Path,
+    loop: LoopResult,
+    tokenizer: Any,
+    config: Any,
+    accelerator: Any,
+    *,
+    parent: dict[str, str],
+    lora_config: Any,
+    preset: str | None,
+    data: dict,
+    metrics: dict[str, float],
+    command: str | None,
+    started: float,
+    extra: dict[str, Any] | None = None,
+) -> TrainResult:
+    """The end of a fine-tuning run (adapt, sft, dpo): provenance, the checkpoint (only the
+    adapter for LoRA, with the parent's path relative to the checkpoint), the result.
+
+    Args:
+        extra: further provenance entries (``reference`` for DPO, ``vocab_extension``).
+        started: ``time.perf_counter()`` at the start of the run.
+    """
+    from .lora import adapter_record
+
+    provenance = {
+        "method": method,
+        "tuning": config.tuning,
+        "parent": parent,
+        "config": config.to_dict(),
+        "preset": preset,
+        "data": data,
+        "seed": config.seed,
+        "metrics": metrics,
+        **(extra or {}),
+        "training": training_record(loop, config, accelerator),
+        "command": command,
+    }
+    adapter = None
+    if lora_config is not None:
+        adapter = adapter_record(loop.model, lora_config, relative_parent(parent, out))
+    finish(out, run_dir, loop.model, tokenizer, provenance, accelerator, adapter=adapter)
+    return TrainResult(
+        path=out,
+        metrics=metrics,
+        run_dir=run_dir,
+        steps=loop.steps,
+        tokens=loop.tokens,
+        seconds=time.perf_counter() - started,
+        provenance=provenance,
+    )
 
 
 def fit_pair(

@@ -32,20 +32,18 @@ from torch import nn
 from ..analysis.behaviour import encode_prompt_response, pad_examples, summed_logprobs
 from .common import (
     TrainResult,
-    finish,
+    finish_finetune,
     fit_pair,
     held_out_split,
     load_parent,
     parent_record,
     prepare_output,
-    relative_parent,
     tokenizer_sha,
-    training_record,
 )
 from .config import DPOConfig
 from .datasets import load_jsonl, preference_pairs
 from .loop import make_accelerator, run_loop
-from .lora import adapter_record, apply_lora, check_target_modules
+from .lora import apply_lora, check_target_modules
 
 __all__ = ["dpo", "dpo_data", "dpo_loss"]
 
@@ -272,31 +270,22 @@ def dpo(
         label="dpo",
     )
     metrics.update(loop.eval)
-    provenance = {
-        "method": "dpo",
-        "tuning": config.tuning,
-        "parent": parent_rec,
-        "reference": parent_rec,
-        "config": config.to_dict(),
-        "preset": preset,
-        "data": data,
-        "seed": config.seed,
-        "metrics": metrics,
-        "training": training_record(loop, config, acc),
-        "command": command,
-    }
-    adapter = None
-    if lcfg is not None:
-        adapter = adapter_record(loop.model, lcfg, relative_parent(parent_rec, out))
-    finish(out, run_dir, loop.model, tok, provenance, acc, adapter=adapter)
-    return TrainResult(
-        path=out,
+    return finish_finetune(
+        "dpo",
+        out,
+        run_dir,
+        loop,
+        tok,
+        config,
+        acc,
+        parent=parent_rec,
+        lora_config=lcfg,
+        preset=preset,
+        data=data,
         metrics=metrics,
-        run_dir=run_dir,
-        steps=loop.steps,
-        tokens=loop.tokens,
-        seconds=time.perf_counter() - t0,
-        provenance=provenance,
+        command=command,
+        started=t0,
+        extra={"reference": parent_rec},
     )
 
 

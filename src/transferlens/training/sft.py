@@ -29,20 +29,18 @@ from ..analysis.behaviour import (
 )
 from .common import (
     TrainResult,
-    finish,
+    finish_finetune,
     fit_pair,
     held_out_split,
     load_parent,
     parent_record,
     prepare_output,
-    relative_parent,
     tokenizer_sha,
-    training_record,
 )
 from .config import SFTConfig
 from .datasets import load_jsonl, topic_task, translation_task
 from .loop import make_accelerator, run_loop
-from .lora import adapter_record, apply_lora, check_target_modules
+from .lora import apply_lora, check_target_modules
 
 __all__ = ["encode_pairs", "sft", "sft_data"]
 
@@ -249,28 +247,19 @@ def sft(
     metrics.update(loop.eval)
     if labels and "accuracy" in metrics:
         metrics["accuracy_margin"] = metrics["accuracy"] - metrics["majority_accuracy"]
-    provenance = {
-        "method": "sft",
-        "tuning": config.tuning,
-        "parent": parent_rec,
-        "config": config.to_dict(),
-        "preset": preset,
-        "data": data,
-        "seed": config.seed,
-        "metrics": metrics,
-        "training": training_record(loop, config, acc),
-        "command": command,
-    }
-    adapter = None
-    if lcfg is not None:
-        adapter = adapter_record(loop.model, lcfg, relative_parent(parent_rec, out))
-    finish(out, run_dir, loop.model, tok, provenance, acc, adapter=adapter)
-    return TrainResult(
-        path=out,
+    return finish_finetune(
+        "sft",
+        out,
+        run_dir,
+        loop,
+        tok,
+        config,
+        acc,
+        parent=parent_rec,
+        lora_config=lcfg,
+        preset=preset,
+        data=data,
         metrics=metrics,
-        run_dir=run_dir,
-        steps=loop.steps,
-        tokens=loop.tokens,
-        seconds=time.perf_counter() - t0,
-        provenance=provenance,
+        command=command,
+        started=t0,
     )
