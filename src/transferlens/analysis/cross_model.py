@@ -228,8 +228,10 @@ def default_prompts(
             elif kind == "translation":
                 if not en or not sv or len(en.split()) > 24:
                     continue
-                p = tokenizer(f"English: {en}\nSwedish:")["input_ids"]
-                t = tokenizer(f" {sv}", add_special_tokens=False)["input_ids"][:target_tokens]
+                # lengths are checked below, so no tokenizer warning about long texts
+                p = tokenizer(f"English: {en}\nSwedish:", verbose=False)["input_ids"]
+                t = tokenizer(f" {sv}", add_special_tokens=False, verbose=False)["input_ids"]
+                t = t[:target_tokens]
                 if not t or len(p) + len(t) > max_tokens:
                     continue
                 out.append(
