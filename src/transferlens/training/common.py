@@ -18,7 +18,7 @@ from torch import nn
 
 from ..analysis.behaviour import token_nll
 from ..errors import TransferlensError
-from .config import TrainConfig
+from .config import FinetuneConfig, TrainConfig
 from .loop import LoopResult
 
 __all__ = [
@@ -242,7 +242,7 @@ def finish_finetune(
     run_dir: Path,
     loop: LoopResult,
     tokenizer: Any,
-    config: Any,
+    config: FinetuneConfig,
     accelerator: Any,
     *,
     parent: dict[str, str],
