@@ -335,6 +335,26 @@ def test_shipped_counts_match_the_manifest(rows):
     assert len({p["version"] for p in manifest["packages"]}) == 1
 
 
+def test_corpus_ships_compressed_with_its_licence_notice():
+    import tomllib
+    from fnmatch import fnmatch
+    from importlib import resources
+
+    data = resources.files("transferlens.data")
+    packed = data.joinpath("corpus.jsonl.gz").read_bytes()
+    assert packed[:2] == b"\x1f\x8b" and 500_000 < len(packed) < 10_000_000  # a few MB, gzip
+    notice = data.joinpath("CORPUS_LICENSE.txt").read_text(encoding="utf-8")
+    assert "Mozilla Public License Version 2.0" in notice  # the full licence text
+    for package in corpus_manifest()["packages"]:
+        assert f"{package['package']} {package['version']}" in notice
+    # the files are package data in the wheel, not only present in the source tree
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]
+    shipped = [g for g in globs["transferlens"] if g.startswith("data/")]
+    for name in ("corpus.jsonl.gz", "corpus_sources.json", "CORPUS_LICENSE.txt"):
+        assert any(fnmatch(f"data/{name}", g) for g in shipped), name
+
+
 def test_shipped_rows_are_well_formed(corpus, rows):
     assert corpus.column_names == ["id", "page", "topic", "kind", "split", *LANGUAGES]
     assert len({r["id"] for r in rows}) == len(rows)
@@ -387,17 +407,23 @@ def test_shipped_split_is_reproducible(rows):
 
 @pytest.mark.slow
 def test_shipped_swedish_passes_the_language_check(rows):
-    train = [r for r in rows if r["split"] == "train"]
-    test = [r for r in rows if r["split"] == "test"]
-    model = CharTrigramModel().fit({lang: [r[lang] for r in train] for lang in ("en", "sv")})
-    swedish = language_check_rate([r["sv"] for r in test], "sv", model)
-    assert swedish["rate"] >= 0.95
-    assert swedish["rate"] == pytest.approx(
-        corpus_manifest()["language_check"]["sv"]["test"]["rate"]
-    )
-    # the check can fail: the English side of the same paragraphs does not pass as Swedish
-    english = language_check_rate([r["en"] for r in test], "sv", model)
-    assert english["rate"] < 0.05
+    # every kept Swedish text, each judged by a model fitted on the other split
+    by_split = {s: [r for r in rows if r["split"] == s] for s in ("train", "test")}
+    manifest = corpus_manifest()["language_check"]["sv"]
+    passed = 0
+    for fit_on, check_on in (("train", "test"), ("test", "train")):
+        model = CharTrigramModel().fit(
+            {lang: [r[lang] for r in by_split[fit_on]] for lang in ("en", "sv")}
+        )
+        swedish = language_check_rate([r["sv"] for r in by_split[check_on]], "sv", model)
+        assert swedish["rate"] >= 0.95
+        assert swedish["rate"] == pytest.approx(manifest[check_on]["rate"])
+        passed += swedish["passed"]
+        # the check can fail: the English side of the same paragraphs does not pass as Swedish
+        english = language_check_rate([r["en"] for r in by_split[check_on]], "sv", model)
+        assert english["rate"] < 0.05
+    assert passed / len(rows) >= 0.95
+    assert passed == manifest["all"]["passed"]
 
 
 def test_filters(rows):

@@ -50,6 +50,28 @@ def test_layout_is_plain_data(tiny, tmp_path):
     assert set(doc["state_dict"]) == set(h.model.state_dict())
 
 
+def test_tokenizer_files_and_chat_template_round_trip(tmp_path):
+    from transferlens.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    assert not tok.chat_template  # the template below is what the checkpoint must carry
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    h = tiny_model("llama", tokenizer=tok)
+    path = save_checkpoint(tmp_path / "chat.pt", h.model, tok)
+    files = read_checkpoint(path)["tokenizer"]["files"]
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(files)
+    assert any("<|{{ m['role'] }}|>" in text for text in files.values())
+    back = load_model(path).tokenizer
+    assert back.chat_template == tok.chat_template
+    chat = [{"role": "user", "content": "Välj Format - Celler"}]
+    want = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert want == "<|user|>Välj Format - Celler\n<|assistant|>"
+    assert back.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == want
+
+
 def test_bfloat16_is_kept(tiny_tok, tmp_path):
     h = tiny_model("llama", tokenizer=tiny_tok)
     h.model.to(torch.bfloat16)

@@ -22,11 +22,10 @@ def _listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-def cli_error(capsys, folder: Path, *args: str) -> str:
-    """Run ``transferlens info ARGS``; check exit 2, one line on stderr, nothing written."""
+def _one_line_error(capsys, folder: Path, argv: list[str]) -> str:
     capsys.readouterr()
     before = _listing(folder)
-    rc = main(["info", *args])
+    rc = main(argv)
     out, err = capsys.readouterr()
     assert rc == 2
     assert out == ""
@@ -36,6 +35,18 @@ def cli_error(capsys, folder: Path, *args: str) -> str:
     assert "Traceback" not in err
     assert _listing(folder) == before
     return lines[0]
+
+
+def cli_error(capsys, folder: Path, spec: str) -> str:
+    """Run ``transferlens info SPEC`` and ``transferlens compare SPEC SPEC --out REPORT``
+    (a command that writes a report folder); check exit 2, one line on stderr, the same
+    message from both, and nothing written under ``folder``."""
+    msg = _one_line_error(capsys, folder, ["info", spec])
+    report = folder / "report"
+    compare = ["compare", spec, spec, "--out", str(report)]
+    assert _one_line_error(capsys, folder, compare) == msg
+    assert not report.exists()
+    return msg
 
 
 def test_missing_path(capsys, tmp_path):
@@ -175,8 +186,56 @@ def test_unsupported_architecture(capsys, tmp_path, tiny_tok, kind):
     assert f"unsupported architecture '{kind}'" in msg
     for fam in ("gpt2", "llama", "gemma3", "bert"):
         assert fam in msg
+    assert "add a FamilyTable entry to transferlens.models.sites.FAMILIES" in msg
     with pytest.raises(ValueError, match="supported families are"):
         load_model(folder)
+
+
+def test_unsupported_architecture_in_a_checkpoint(capsys, tmp_path, tiny):
+    h = tiny("llama")
+    path = save_checkpoint(tmp_path / "m.pt", h.model, h.tokenizer)
+    _edit_config(path, model_type="gpt_neox")
+    msg = cli_error(capsys, tmp_path, str(path))
+    assert "unsupported architecture 'gpt_neox': supported families are gpt2" in msg
+    assert "add a FamilyTable entry" in msg
+
+
+def test_checkpoint_of_another_format_version(capsys, tmp_path, tiny):
+    h = tiny("gpt2")
+    path = save_checkpoint(tmp_path / "m.pt", h.model, h.tokenizer)
+    doc = torch.load(path, weights_only=True)
+    doc["format_version"] = FORMAT_VERSION + 1
+    torch.save(doc, path)
+    msg = cli_error(capsys, tmp_path, str(path))
+    assert f"format version {FORMAT_VERSION + 1} is not supported" in msg
+
+
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("kind", ["hf", "peft", "gguf"])
+def test_truncated_weights_in_a_folder_or_gguf(capsys, tmp_path, llama_files, kind):
+    if kind == "gguf":
+        spec = tmp_path / "m.gguf"
+        shutil.copy(llama_files["gguf"], spec)
+        _cut(spec)
+        expected = "cannot read the GGUF"
+    else:
+        spec = tmp_path / kind
+        shutil.copytree(llama_files[kind], spec)
+        weights = "model.safetensors" if kind == "hf" else "adapter_model.safetensors"
+        _cut(spec / weights)
+        expected = "a weights file is truncated or corrupt"
+    assert expected in cli_error(capsys, tmp_path, str(spec))
+
+
+def test_missing_path_that_could_be_a_hub_id_offline(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    msg = cli_error(capsys, tmp_path, "models/base")
+    assert "no such path, and HF_HUB_OFFLINE=1 forbids loading it as a hub id" in msg
 
 
 def test_gguf_without_the_gguf_package(capsys, monkeypatch, llama_files, tmp_path):

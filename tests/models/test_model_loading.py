@@ -90,6 +90,12 @@ def test_handle_passes_through_and_dtype_resets_fingerprint(llama_files):
     assert h.fingerprint != fp32
 
 
+def test_device_moves_the_model(llama_files):
+    h = load_model(_fresh_hf(llama_files), tokenizer=llama_files["tok"], device="meta")
+    assert h.device == torch.device("meta")
+    assert all(p.is_meta for p in h.model.parameters())
+
+
 def test_transformer_bridge(llama_files, reference):
     from transformer_lens.model_bridge.sources.transformers.source import boot
 

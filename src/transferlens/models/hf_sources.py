@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from ..errors import TransferlensError
@@ -92,6 +93,13 @@ def _first_line(e: BaseException) -> str:
     return s.splitlines()[0] if s else type(e).__name__
 
 
+def _damaged_weights(path: Path, e: BaseException) -> str:
+    return (
+        f"{path}: a weights file is truncated or corrupt ({_first_line(e)}); copy the folder "
+        "again or re-save it"
+    )
+
+
 # --------------------------------------------------------------------------- HF folder / hub
 def load_hf_dir(path: Path) -> Loaded:
     """A Hugging Face model folder (``config.json`` + weights + tokenizer files)."""
@@ -119,6 +127,8 @@ def load_hf_dir(path: Path) -> Loaded:
         raise TransferlensError(f"{path}: cannot load the weights ({_first_line(e)})") from None
     except (ValueError, OSError) as e:
         raise TransferlensError(f"{path}: cannot load the weights ({_first_line(e)})") from None
+    except SafetensorError as e:
+        raise TransferlensError(_damaged_weights(path, e)) from None
     bad = [
         (kind, _key(k))
         for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
@@ -227,6 +237,8 @@ def load_peft_dir(path: Path, *, merge: bool, load_base) -> Loaded:
             model = PeftModel.from_pretrained(base.model, str(path))
     except (ValueError, RuntimeError, OSError, KeyError) as e:
         raise TransferlensError(f"{path}: cannot load the adapter ({_first_line(e)})") from None
+    except SafetensorError as e:
+        raise TransferlensError(_damaged_weights(path, e)) from None
     if merge:
         model = model.merge_and_unload()
     prov = {
