@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transferlens.analysis.attribution import attribution_patching
+from transferlens.analysis.attribution import attribution_correlation, attribution_patching
 from transferlens.analysis.patching import GaussianNoise, activation_patching
 from transferlens.models import tiny_model
 
@@ -81,7 +81,26 @@ def test_first_order_correct_for_small_patches(
     assert (eff_est - eff_real).abs().max() < 1e-2 * size
 
 
-def test_correlates_with_real_patching(models, tiny_tok):
+@pytest.mark.parametrize("component,by_position", [("resid_pre", True), ("head", False)])
+def test_first_order_correct_when_noising_with_gaussian_noise(
+    models, tiny_tok, component, by_position
+):
+    # noising inserts the noisy run's activations (the embedding site included) into the clean run
+    h = models["gpt2"]
+    clean, _ = _pair(tiny_tok)
+    noise = GaussianNoise(positions=[2, 4], scale=1e-4, seed=1)
+    kw = dict(answer=ANSWER, wrong=WRONG, by_position=by_position, direction="noising")
+    real = activation_patching(h, clean, noise, "logit_diff", component, **kw)
+    est = attribution_patching(h, clean, noise, "logit_diff", component, **kw)
+    torch.testing.assert_close(est.corrupt, real.corrupt, atol=1e-12, rtol=0)
+    eff_real = real.per_prompt - real.clean
+    eff_est = est.per_prompt - est.clean
+    size = eff_real.abs().max()
+    assert size > 1e-6
+    assert (eff_est - eff_real).abs().max() < 1e-2 * size
+
+
+def test_correlation_with_real_patching_is_reported(models, tiny_tok):
     h = models["gpt2"]
     clean, corrupt = _pair(tiny_tok)
     kw = dict(answer=ANSWER, wrong=WRONG)
@@ -94,7 +113,21 @@ def test_correlates_with_real_patching(models, tiny_tok):
                 (est.values - est.corrupt_value).flatten(),
             ]
         )
-        assert torch.corrcoef(x)[0, 1] > 0.5, component
+        r = attribution_correlation(est, real)
+        assert r == pytest.approx(float(torch.corrcoef(x)[0, 1]), abs=1e-12)
+        assert r > 0.5, component
+    # exact estimate (linear metric at the unembedding input): correlation 1
+    real = activation_patching(h, clean, corrupt, "logit_diff", "final_norm", **kw)
+    est = attribution_patching(h, clean, corrupt, "logit_diff", "final_norm", **kw)
+    assert attribution_correlation(est, real) == pytest.approx(1.0, abs=1e-9)
+    # a badly non-linear case (tiny Llama's residual stream, see docs/patching.md) is negative
+    hl = models["llama"]
+    real = activation_patching(hl, clean, corrupt, "logit_diff", "resid_pre", **kw)
+    est = attribution_patching(hl, clean, corrupt, "logit_diff", "resid_pre", **kw)
+    assert attribution_correlation(est, real) < 0
+    other = attribution_patching(hl, clean, corrupt, "logit_diff", "resid_pre", layers=[0], **kw)
+    with pytest.raises(ValueError, match="the grids differ in coords"):
+        attribution_correlation(other, real)
 
 
 @pytest.mark.parametrize("outer", ["no_grad", "enable_grad"])

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from transferlens.analysis.cross_model import (
     default_prompts,
     load_prompts_jsonl,
 )
+from transferlens.analysis.patch_metrics import bootstrap_ratio_ci
 from transferlens.models import tiny_model
 
 K = 1  # the layer whose MLP differs
@@ -206,6 +208,46 @@ def test_min_gap_excludes_and_counts(pair):
     )
     rec = _one(res, direction="adapted_to_base", metric="normalized_effect")
     assert rec["n"] == 0 and rec["n_excluded"] == len(PROMPTS) and math.isnan(rec["value"])
+
+
+def test_normalised_effect_is_a_ratio_of_means_with_exclusions_and_spread(pair):
+    """Each prompt run alone gives its m_patched, m_base, m_adapted; the joint run's
+    normalised effect must be mean(m_patched - m_base) / mean(m_adapted - m_base) over the
+    prompts kept by min_gap (not the mean of per-prompt ratios), with the excluded counted."""
+    base, adapted = pair
+    kw = dict(components=["mlp_out"], layers=[K + 1], directions=["adapted_to_base"])
+    per = []
+    for p in PROMPTS:
+        r = cross_model_patching(base, adapted, [p], n_boot=10, **kw)
+        b = r.data["baselines"]["target_logprob"]
+        per.append((_one(r, metric="target_logprob")["value"], b["base"], b["adapted"]))
+    patched, m_base, m_adapted = np.array(per).T
+    num, gap = patched - m_base, m_adapted - m_base
+    smallest = np.sort(np.abs(gap))
+    min_gap = float(smallest[:2].mean())  # excludes exactly one prompt
+    keep = np.abs(gap) > min_gap
+    ratios = num[keep] / gap[keep]
+    want = num[keep].mean() / gap[keep].mean()
+    assert abs(want - ratios.mean()) > 0.05  # the two estimators differ on these prompts
+    res = cross_model_patching(base, adapted, PROMPTS, min_gap=min_gap, n_boot=200, **kw)
+    rec = _one(res, metric="normalized_effect")
+    assert rec["value"] == pytest.approx(want, abs=1e-9)
+    assert rec["n"] == len(PROMPTS) - 1 and rec["n_excluded"] == 1
+    assert res.data["n_excluded"] == 1 and any("1 of 4 prompts" in n for n in res.notes)
+    q = np.quantile(ratios, [0.25, 0.5, 0.75])
+    assert [rec["q25"], rec["median"], rec["q75"]] == pytest.approx(list(q), abs=1e-9)
+    lo, hi = bootstrap_ratio_ci(num[keep], gap[keep], n_boot=200, seed=0)
+    assert (rec["ci_low"], rec["ci_high"]) == pytest.approx((lo, hi), abs=1e-9)
+    lp = _one(res, metric="target_logprob")  # the raw metric keeps every prompt
+    assert lp["value"] == pytest.approx(patched.mean(), abs=1e-9) and lp["n"] == len(PROMPTS)
+
+
+def test_sites_the_models_lack_are_refused(pair):
+    base, adapted = pair
+    with pytest.raises(ValueError, match="layer 3 out of range"):
+        cross_model_patching(base, adapted, PROMPTS, components=["mlp_out"], layers=[3])
+    with pytest.raises(ValueError, match="cannot patch component 'embed'"):
+        cross_model_patching(base, adapted, PROMPTS, components=["embed"])
 
 
 def test_incompatible_models_are_refused(pair, tiny_tok):

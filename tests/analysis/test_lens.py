@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,9 @@ from transferlens.analysis.lens import (
     logit_lens,
     unembed,
 )
+from transferlens.analysis.neurons import neuron_activation_counts
 from transferlens.analysis.stats import bootstrap_ci, paired_bootstrap
+from transferlens.analysis.weights import weight_diff
 from transferlens.models import tiny_model
 
 PROMPTS = [
@@ -82,12 +86,18 @@ def test_check_final_catches_unreproduced_postprocessing(tiny_tok):
     lens_logits(h, enc["input_ids"], enc["attention_mask"], check_final=False)
 
 
-def test_encoder_gets_clear_error(tiny):
+def test_encoder_gets_clear_error_and_other_analyses_still_run(tiny):
     bert = tiny("bert")
-    with pytest.raises(ValueError, match="unembedding"):
+    with pytest.raises(ValueError, match="unembedding") as err:
         logit_lens(bert, PROMPTS)
+    assert "\n" not in str(err.value) and "bert" in str(err.value)
     with pytest.raises(ValueError, match="unembedding"):
         unembed(bert, torch.zeros(1, bert.sitemap.d_model))
+    # analyses that need no unembedding run on the same encoder
+    diff = weight_diff(bert, copy.deepcopy(bert.model), spectra=False)
+    assert diff["modules"].records and all(r["value"] == 0.0 for r in diff["modules"].records)
+    counts = neuron_activation_counts(bert, {"en": PROMPTS[:1], "sv": PROMPTS[1:2]}, n_groups=1)
+    assert counts.positive.shape[2] == bert.n_layers and counts.tokens.min() > 0
 
 
 def test_metrics_match_direct_computation(tiny):

@@ -26,7 +26,7 @@ from transferlens.analysis.patching import (
     grid_cells,
     run_cells,
 )
-from transferlens.models import count_hooks, tiny_model
+from transferlens.models import count_hooks, load_model, tiny_model
 
 ARCH = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 ANSWER, WRONG = 5, 7
@@ -231,6 +231,23 @@ def test_gaussian_noise_corruption_identities(models, tiny_tok):
     again = activation_patching(h, clean, noise, "kl", "resid_pre")
     assert torch.equal(g.values, again.values)
     assert g.config["corruption"] == "gaussian_noise" and g.config["noise_sigma"] > 0
+    # recording the embedding site must not drop the noise from the run
+    delta = noise.delta(h, clean)
+    _, noisy = cache_activations(h, clean, ["resid_pre.0"], embed_delta=delta)
+    _, plain = cache_activations(h, clean, [], embed_delta=delta)
+    torch.testing.assert_close(noisy, plain, atol=0, rtol=0)
+    assert (noisy - cache_activations(h, clean, [])[1]).abs().max() > 1e-3
+    # noising: run the clean input, insert the noisy run's activations
+    noi = activation_patching(h, clean, noise, "kl", "resid_pre", direction="noising")
+    assert noi.corrupt_value == pytest.approx(g.corrupt_value, abs=1e-12)
+    assert noi.per_prompt[0, [0, 3, 4, 5, 6]].abs().max() < 1e-12  # noise-free: clean run
+    assert noi.per_prompt[0, [1, 2]].abs().max() > 1e-4
+    noi_all = activation_patching(
+        h, clean, noise, "kl", "resid_pre", direction="noising", by_position=False
+    )
+    torch.testing.assert_close(
+        noi_all.per_prompt, noi_all.corrupt.expand_as(noi_all.per_prompt), atol=1e-10, rtol=0
+    )
 
 
 def test_result_records_and_hooks_removed(models, tiny_tok):
@@ -338,3 +355,8 @@ def test_bad_input_errors(models, tiny_tok):
     bert = tiny_model("bert", tokenizer=tiny_tok)
     with pytest.raises(ValueError, match="not available for bert"):
         activation_patching(bert, clean, corrupt, lambda lg, i: lg[:, -1, 0], "mlp_out")
+    # a bare encoder (no language-model head) has no logits: refused, not read as logits
+    bare = load_model(bert.model.bert, tokenizer=tiny_tok)
+    with pytest.raises(ValueError, match=r"returns no logits over its \d+ tokens.*bare encoder"):
+        activation_patching(bare, clean, corrupt, "logprob", "resid_pre", answer=ANSWER)
+    assert count_hooks(bare.model) == 0

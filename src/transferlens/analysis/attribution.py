@@ -12,6 +12,9 @@ the patched activation (e.g. a logit difference patched at ``final_norm`` or ``l
 the unembedding is linear) and degrades where the model is strongly non-linear in it (large
 patches, saturated softmaxes, a KL at its minimum, whose gradient is zero).
 
+:func:`attribution_correlation` measures how far to trust an estimate: its Pearson correlation,
+over the cells of a grid, with real activation patching of the same grid.
+
 Gradients come from ``torch.autograd.grad`` inside ``torch.enable_grad()``: the caller's grad
 mode is restored, and no ``.grad`` is written on the model's parameters.
 """
@@ -38,7 +41,7 @@ from .patching import (
     run_config,
 )
 
-__all__ = ["attribution_patching"]
+__all__ = ["attribution_correlation", "attribution_patching"]
 
 
 def _gradient_run(
@@ -172,3 +175,27 @@ def attribution_patching(
         "attribution",
         config,
     )
+
+
+def attribution_correlation(estimate: PatchGrid, real: PatchGrid) -> float:
+    """Pearson correlation, over the cells of one grid, of an attribution estimate with real
+    activation patching (prompt means of the metric, so of the effects too).
+
+    Args:
+        estimate: a grid from :func:`attribution_patching`.
+        real: the same grid from :func:`~transferlens.analysis.patching.activation_patching`.
+
+    Returns:
+        The correlation in [-1, 1]; NaN for fewer than 2 cells or a constant grid.
+
+    Raises:
+        ValueError: the grids differ in component, direction, metric, axes or coordinates.
+    """
+    for attr in ("component", "direction", "metric", "axes", "coords"):
+        a, b = getattr(estimate, attr), getattr(real, attr)
+        if a != b:
+            raise ValueError(f"the grids differ in {attr} ({a!r} vs {b!r}); compare one grid")
+    x = torch.stack([estimate.values.flatten(), real.values.flatten()]).double()
+    if x.shape[1] < 2 or bool((x.std(dim=1) == 0).any()):
+        return float("nan")
+    return float(torch.corrcoef(x)[0, 1])

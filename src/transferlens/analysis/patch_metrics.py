@@ -48,6 +48,7 @@ __all__ = [
     "build_metric",
     "continuation_labels",
     "normalized_effect",
+    "output_logits",
     "resolve_token_ids",
     "vocab_size",
 ]
@@ -305,6 +306,30 @@ def vocab_size(handle: Any) -> int:
     if sm.lm_head is not None and hasattr(sm.lm_head, "weight"):
         return int(sm.lm_head.weight.shape[0])
     return int(handle.config.vocab_size)
+
+
+def output_logits(handle: Any, out: Any) -> torch.Tensor:
+    """The ``(batch, pos, vocab)`` logits of a forward pass's output (``.logits``, the first
+    element of a tuple, or a tensor).
+
+    Raises:
+        ValueError: the output holds no logits over the model's vocabulary (a bare encoder
+            without a language-model head), so there is no next-token distribution to measure.
+    """
+    lg = getattr(out, "logits", None)
+    if lg is None and isinstance(out, tuple) and out:
+        lg = out[0]
+    elif lg is None and isinstance(out, torch.Tensor):
+        lg = out
+    vocab = vocab_size(handle)
+    if not isinstance(lg, torch.Tensor) or lg.ndim != 3 or lg.shape[-1] != vocab:
+        got = f"shape {tuple(lg.shape)}" if isinstance(lg, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"{getattr(handle, 'name', 'the model')}: the model returns no logits over its {vocab} "
+            f"tokens (got {got}); patching needs a model with a language-model head, not a bare "
+            "encoder"
+        )
+    return lg
 
 
 def build_metric(

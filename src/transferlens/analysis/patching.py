@@ -31,7 +31,7 @@ import torch
 from ..models.handle import ModelHandle
 from ..models.hooks import SiteFn, site_hooks
 from ..models.sites import Site
-from .patch_metrics import Metric, PatchGrid, build_metric, vocab_size
+from .patch_metrics import Metric, PatchGrid, build_metric, output_logits, vocab_size
 
 __all__ = [
     "PATCH_COMPONENTS",
@@ -173,7 +173,7 @@ def _forward_kwargs(model: torch.nn.Module) -> dict[str, Any]:
 def _logits(handle: ModelHandle, tokens: torch.Tensor, fns: Mapping[Site, SiteFn]) -> torch.Tensor:
     with site_hooks(handle.sitemap, fns):
         out = handle.model(input_ids=tokens, **_forward_kwargs(handle.model))
-    return out.logits if hasattr(out, "logits") else out[0]
+    return output_logits(handle, out)
 
 
 def _with_delta(fns: dict[Site, SiteFn], delta: torch.Tensor | None, copies: int) -> None:
@@ -186,7 +186,8 @@ def _with_delta(fns: dict[Site, SiteFn], delta: torch.Tensor | None, copies: int
 
     def fn(act: torch.Tensor) -> torch.Tensor:
         noisy = act + rep.to(act.dtype)
-        return noisy if inner is None else inner(noisy)
+        out = None if inner is None else inner(noisy)  # a reader returns None: keep noisy
+        return noisy if out is None else out
 
     fns[site] = fn
 
@@ -484,7 +485,7 @@ def activation_patching(
 
     Raises:
         ValueError: prompts of different token lengths (both lengths named), a bad answer
-            token, a site the model lacks, an unknown direction.
+            token, a site the model lacks, an unknown direction, a model without an LM head.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction {direction!r}: use 'denoising' or 'noising'")
