@@ -61,8 +61,8 @@ def test_rbf_matrix_equals_per_pair_loop(debiased):
 
 
 def test_small_blocks_and_wide_layers_give_the_same_matrix():
-    # tiny memory blocks force one slab per layer (features) and 256-row blocks (kernels:
-    # 600 rows -> blocks of 256, 256, 88); n < p for the second case
+    # tiny memory blocks force one slab per layer (features) and 32-row blocks (kernels:
+    # 600 rows -> 18 blocks of 32 and one of 24); n < p for the second case
     for n, wa, wb in ((600, (90, 60, 75), (50, 80)), (40, (90, 60), (120,))):
         A, Z = layers(4, n=n, widths=wa)
         B, _ = layers(5, n=n, widths=wb, shared=Z)

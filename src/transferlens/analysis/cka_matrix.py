@@ -1,7 +1,7 @@
 """Layer × layer CKA matrices and per-group matrices.
 
-Both reduce (as does :mod:`transferlens.analysis.minibatch_cka`) to one quantity per pair of layers ``(i, j)``: the inner product of the two
-centred linear kernels, ``⟨K_i, L_j⟩ = ‖A_iᵀB_j‖²_F`` (or, for RBF, of the centred RBF
+Both reduce (as does :mod:`transferlens.analysis.minibatch_cka`) to one quantity per pair of
+layers ``(i, j)``: the inner product of the two centred linear kernels, ``⟨K_i, L_j⟩ = ‖A_iᵀB_j‖²_F`` (or, for RBF, of the centred RBF
 kernels), plus a few per-layer vectors for the unbiased estimator. It is computed once per
 pair, with every layer centred and scaled once, in one of two exact ways:
 
@@ -9,7 +9,10 @@ pair, with every layer centred and scaled once, in one of two exact ways:
   product), squared and summed per block — ``O(n·p²)`` per pair, no ``n × n`` matrix;
 * ``"gram"``: row blocks of the linear kernels ``A_i[r] A_iᵀ`` (upper triangle only) for every
   layer, paired by one product per block — ``O(n²·p)`` per layer plus ``O(n²)`` per pair, and
-  only ``block × n`` slices of the kernels in memory.
+  only ``block × n`` slices of the kernels in memory. Each row's products are summed in the
+  products' dtype (at most ``n`` terms), the rows in float64.
+
+On CPU the large products run through NumPy's BLAS (:mod:`transferlens.analysis.blas`).
 
 ``method="auto"`` takes whichever needs fewer operations. The unbiased HSIC of the linear
 kernel has a feature-space form (see :func:`transferlens.analysis.similarity._debiased_dot`),
@@ -22,13 +25,13 @@ one centred ``n × n`` kernel per layer and refuses when they would not fit in
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Hashable, Sequence
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import torch
 
+from transferlens.analysis.blas import blas_threads, matmul
 from transferlens.analysis.similarity import (
     ArrayLike,
     Kind,
@@ -39,6 +42,7 @@ from transferlens.analysis.similarity import (
     _sq_distances,
     _where,
     as_features,
+    check_all_finite,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,9 +52,10 @@ __all__ = ["cka_matrix", "cka_matrix_by_group", "hsic_matrix"]
 Method = Literal["auto", "features", "gram"]
 Layers: TypeAlias = "Sequence[ArrayLike] | ArrayLike"
 
-_BLOCK_BYTES = 256 * 2**20
+_BLOCK_BYTES = 256 * 2**20  # features: one slab of cross-products
+_KERNEL_BYTES = 2**30  # kernels: the row blocks of every layer's kernel, both models
 _GRAM_BYTES = 2 * 2**30
-_GRAM_COST = 2.0  # measured (2-core CPU): the blocked-kernel products run ~2× slower per flop
+_GRAM_COST = 1.2  # measured (2-core CPU): kernel blocks + pairing cost ~1.2× per flop
 
 
 def _layer_list(A: Any, arg: str, name: str | None) -> list[Any]:
@@ -69,10 +74,26 @@ def _layer_list(A: Any, arg: str, name: str | None) -> list[Any]:
     return layers
 
 
-def _validated(layers: list[Any], arg: str, name: str | None, device: Any, n: int | None):
-    """Yield each layer validated as a float64 tensor, checking a common number of rows."""
+def _validated(
+    layers: list[Any],
+    arg: str,
+    name: str | None,
+    device: Any,
+    n: int | None,
+    dtype: torch.dtype | None = torch.float64,
+):
+    """Yield each layer validated as a tensor (float64, or with ``dtype=None`` float32/float64
+    as given, other dtypes as float64), checking a common number of rows. With ``dtype=None``
+    the caller checks that the values are finite (:func:`check_all_finite`)."""
+    fast = dtype is None
     for i, layer in enumerate(layers):
-        t = as_features(layer, arg=f"{arg}[{i}]", name=name, dtype=torch.float64, device=device)
+        dt = dtype
+        if dt is None:
+            given = getattr(layer, "dtype", None)
+            dt = torch.float32 if given in (torch.float32, np.float32) else torch.float64
+        t = as_features(
+            layer, arg=f"{arg}[{i}]", name=name, dtype=dt, device=device, check_finite=not fast
+        )
         if n is not None and t.shape[0] != n:
             raise ValueError(
                 f"{_where(name)}{arg}[{i}] has {t.shape[0]} rows (examples) but the first layer "
@@ -83,8 +104,12 @@ def _validated(layers: list[Any], arg: str, name: str | None, device: Any, n: in
         yield t
 
 
+_ROWS = 1024  # rows centred at a time (float64 temporaries stay small)
+
+
 class _Prepared:
-    """Layers centred and scaled to unit Frobenius norm, side by side in one ``n × P`` matrix."""
+    """Layers centred (in float64) and scaled to unit Frobenius norm, side by side in one
+    ``n × P`` matrix of ``dtype``."""
 
     def __init__(
         self,
@@ -95,20 +120,32 @@ class _Prepared:
         device: Any,
         n: int | None,
     ):
+        widths = [int(np.shape(layer)[-1]) for layer in layers]
         self.widths: list[int] = []
-        parts, scale2, rows = [], [], []
-        for t in _validated(layers, arg, name, device, n):
-            t = t - t.mean(dim=0, keepdim=True)
-            fro2 = t.square().sum()
-            t = t / fro2.sqrt()
-            rows.append(t.square().sum(1))
+        self.offsets = [0, *np.cumsum(widths).tolist()]
+        scale2, rows = [], []
+        self.cat = torch.empty(0)
+        for i, t in enumerate(_validated(layers, arg, name, device, n, dtype=None)):
+            m = t.shape[0]
+            if i == 0:
+                self.cat = torch.empty(m, self.offsets[-1], dtype=dtype, device=t.device)
+            out = self.cat[:, self.offsets[i] : self.offsets[i + 1]]
+            mu = torch.zeros(t.shape[1], dtype=torch.float64, device=t.device)
+            for r0 in range(0, m, _ROWS):
+                mu += t[r0 : r0 + _ROWS].to(torch.float64).sum(0)
+            check_all_finite(t, f"{arg}[{i}]", name, total=mu.sum())
+            mu /= m
+            r = torch.empty(m, dtype=torch.float64, device=t.device)
+            for r0 in range(0, m, _ROWS):
+                c = t[r0 : r0 + _ROWS].to(torch.float64) - mu
+                r[r0 : r0 + _ROWS] = torch.linalg.vector_norm(c, dim=1).square_()
+                out[r0 : r0 + _ROWS] = c
+            fro2 = r.sum()
+            out.mul_(fro2.rsqrt().to(dtype))
+            rows.append(r / fro2)
             scale2.append(1.0 / fro2)
-            parts.append(t.to(dtype))
             self.widths.append(t.shape[1])
-        self.n = parts[0].shape[0]
-        self.cat = torch.cat(parts, dim=1)
-        del parts
-        self.offsets = [0, *np.cumsum(self.widths).tolist()]
+        self.n = self.cat.shape[0]
         self.scale2 = torch.stack(scale2)  # c_i² with c_i = 1/‖A_i‖_F
         self.r = torch.stack(rows)  # L × n, row squared norms (scaled)
         self.f = self.r.sum(1)  # squared Frobenius norms (scaled; = 1 up to rounding)
@@ -125,8 +162,9 @@ class _Prepared:
         return self.cat[:, self.offsets[i] : self.offsets[i + 1]]
 
 
-def _feature_inner(a: _Prepared, b: _Prepared, sym: bool, block_bytes: int) -> torch.Tensor:
+def _feature_inner(a: _Prepared, b: _Prepared, sym: bool, block_bytes: int | None) -> torch.Tensor:
     """``P_ij = ‖A_iᵀB_j‖²_F`` from slabs ``A_slabᵀ B_cat`` (columns j >= i only if sym)."""
+    block_bytes = _BLOCK_BYTES if block_bytes is None else block_bytes
     P = torch.zeros(a.L, b.L, dtype=torch.float64, device=a.cat.device)
     item = max(a.cat.element_size(), 8)
     i = 0
@@ -136,7 +174,7 @@ def _feature_inner(a: _Prepared, b: _Prepared, sym: bool, block_bytes: int) -> t
         j = i + 1
         while j < a.L and a.offsets[j + 1] - a.offsets[i] <= width_cap:
             j += 1
-        C = a.cat[:, a.offsets[i] : a.offsets[j]].T @ b.cat[:, c0:]
+        C = matmul(a.cat[:, a.offsets[i] : a.offsets[j]].T, b.cat[:, c0:])
         C = C.to(torch.float64).square_()
         row_layer = a.col_layer[a.offsets[i] : a.offsets[j]] - i
         first = i if sym else 0
@@ -156,48 +194,68 @@ def _self_inner(a: _Prepared) -> torch.Tensor:
     out = []
     for i in range(a.L):
         t = a.layer(i)
-        g = t @ t.T if a.n < t.shape[1] else t.T @ t
+        g = matmul(t, t.T) if a.n < t.shape[1] else matmul(t.T, t)
         out.append(g.to(torch.float64).square().sum())
     return torch.stack(out)
 
 
-def _gram_inner(a: _Prepared, b: _Prepared | None, block_bytes: int):
-    """``⟨K_i, L_j⟩`` and the self terms from row blocks of the upper-triangle kernels."""
+def _kernel_rows(x: _Prepared, r0: int, r1: int, out: torch.Tensor) -> None:
+    """Rows ``r0:r1`` of every layer's linear kernel, columns ``r0:`` (upper triangle)."""
+    for i in range(x.L):
+        t = x.layer(i)
+        matmul(t[r0:r1], t[r0:].T, out=out[i])
+
+
+def _paired(ka: torch.Tensor, kb: torch.Tensor) -> torch.Tensor:
+    """``Σ_{r,c} ka[i, r, c] · kb[j, r, c]`` for every ``(i, j)``: one product per row ``r``
+    (sums of at most ``n`` terms in the products' dtype), rows summed in float64."""
+    return matmul(ka.transpose(0, 1), kb.permute(1, 2, 0)).sum(0, dtype=torch.float64)
+
+
+def _row_sq(k: torch.Tensor) -> torch.Tensor:
+    """``Σ_{r,c} k[i, r, c]²`` per layer ``i``: per-row dot products, rows summed in float64."""
+    L, w, m = k.shape
+    rows = matmul(k.reshape(L * w, 1, m), k.reshape(L * w, m, 1))
+    return rows.view(L, w).sum(1, dtype=torch.float64)
+
+
+def _gram_inner(a: _Prepared, b: _Prepared | None, block_bytes: int | None):
+    """``⟨K_i, L_j⟩`` and the self terms from row blocks of the upper-triangle kernels.
+
+    For rows ``r0:r1`` every layer's kernel rows ``K_i[r0:r1, r0:]`` come from one batched
+    product; the block on the diagonal counts once and the blocks right of it twice (the
+    kernels are symmetric), so ``⟨K, L⟩ = 2·⟨upper rows⟩ − ⟨diagonal blocks⟩`` summed over
+    blocks.
+    """
     n, dev, dt = a.n, a.cat.device, a.cat.dtype
     nl = a.L + (0 if b is None else b.L)
-    # at least 256 rows per block: thinner products run far below the machine's peak
-    bsz = int(min(n, max(256, block_bytes // (nl * n * 8))))
+    block_bytes = _KERNEL_BYTES if block_bytes is None else block_bytes
+    # at least 32 rows per block (thinner products run far below the machine's peak); the
+    # default budget gives a few hundred rows at n = 10k
+    bsz = int(min(n, max(32, block_bytes // (nl * n * a.cat.element_size()))))
+    buf_a = torch.empty(a.L * bsz * n, dtype=dt, device=dev)
+    buf_b = None if b is None else torch.empty(b.L * bsz * n, dtype=dt, device=dev)
     P = torch.zeros(a.L, a.L if b is None else b.L, dtype=torch.float64, device=dev)
     sa = torch.zeros(a.L, dtype=torch.float64, device=dev)
     sb = None if b is None else torch.zeros(b.L, dtype=torch.float64, device=dev)
-    root2 = math.sqrt(2.0)
 
-    def kernels(x: _Prepared, r0: int, r1: int) -> torch.Tensor:
-        # products in ``dt``; the pairing sums b·(n−r0) terms per entry, so it runs in float64
-        out = torch.empty(x.L, r1 - r0, n - r0, dtype=torch.float64, device=dev)
-        for i in range(x.L):
-            t = x.layer(i)
-            if dt == torch.float64:
-                torch.matmul(t[r0:r1], t[r0:].T, out=out[i])
-            else:
-                out[i] = t[r0:r1] @ t[r0:].T
-        out[:, :, r1 - r0 :] *= root2  # off-diagonal blocks count twice in ⟨K, L⟩
-        return out.view(x.L, -1)
+    def self_terms(k: torch.Tensor, w: int) -> torch.Tensor:
+        return 2.0 * _row_sq(k) - _row_sq(k[:, :, :w].contiguous())
 
     for r0 in range(0, n, bsz):
         r1 = min(n, r0 + bsz)
-        ka = kernels(a, r0, r1)
+        w, m = r1 - r0, n - r0
+        ka = buf_a[: a.L * w * m].view(a.L, w, m)
+        _kernel_rows(a, r0, r1, ka)
         if b is None:
-            blk = ka @ ka.T
-            P += blk
-            sa += torch.diagonal(blk)
+            kb = ka
         else:
-            kb = kernels(b, r0, r1)
-            P += ka @ kb.T
-            sa += ka.square().sum(1)
-            sb += kb.square().sum(1)
-            del kb
-        del ka
+            kb = buf_b[: b.L * w * m].view(b.L, w, m)
+            _kernel_rows(b, r0, r1, kb)
+        P += 2.0 * _paired(ka, kb) - _paired(ka[:, :, :w], kb[:, :, :w])
+        sa += self_terms(ka, w)
+        if b is not None:
+            sb += self_terms(kb, w)
     return P, sa, sa if b is None else sb
 
 
@@ -311,7 +369,7 @@ def hsic_matrix(
     device: torch.device | str | None = None,
     method: Method = "auto",
     name: str | None = None,
-    block_bytes: int = _BLOCK_BYTES,
+    block_bytes: int | None = None,
     max_gram_bytes: int = _GRAM_BYTES,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """HSIC between every layer of ``A`` and every layer of ``B``, and of each with itself.
@@ -326,7 +384,7 @@ def hsic_matrix(
         device: compute device.
         method: ``"auto"``, ``"features"`` or ``"gram"`` (linear only).
         name: label of the data for error messages.
-        block_bytes: approximate memory for one block of intermediate products.
+        block_bytes: memory for the intermediate products (see :func:`cka_matrix`).
         max_gram_bytes: memory the RBF kernels may take.
 
     Returns:
@@ -338,16 +396,17 @@ def hsic_matrix(
     la = _layer_list(A, "A", name)
     lb = None if sym else _layer_list(B, "B", name)
     if kind == "linear":
-        return _linear_terms(
-            la,
-            lb,
-            unbiased=unbiased,
-            dtype=dtype,
-            device=device,
-            method=method,
-            name=name,
-            block_bytes=block_bytes,
-        )
+        with blas_threads():
+            return _linear_terms(
+                la,
+                lb,
+                unbiased=unbiased,
+                dtype=dtype,
+                device=device,
+                method=method,
+                name=name,
+                block_bytes=block_bytes,
+            )
     if kind == "rbf":
         return _rbf_terms(
             la,
@@ -383,7 +442,7 @@ def cka_matrix(
     device: torch.device | str | None = None,
     method: Method = "auto",
     name: str | None = None,
-    block_bytes: int = _BLOCK_BYTES,
+    block_bytes: int | None = None,
     max_gram_bytes: int = _GRAM_BYTES,
 ) -> np.ndarray:
     """CKA between every layer of ``A`` and every layer of ``B``.
@@ -397,14 +456,16 @@ def cka_matrix(
         debiased: unbiased HSIC (needs ``n >= 4``).
         threshold: RBF bandwidth factor (see :func:`~transferlens.analysis.similarity.gram_rbf`).
         dtype: dtype of the large matrix products. float64 by default; ``torch.float32``
-            halves the memory of the layer copies and saved ~30% of the time on a 2-core CPU
-            (more where fp32 is much faster, e.g. GPUs), at ~1e-8 absolute error in CKA in the
-            benchmark (centring, scaling and all sums stay in float64).
+            halves the memory of the layer copies and about halves the time on a CPU (more
+            where fp32 is much faster, e.g. GPUs), at ~1e-8 absolute error in CKA in the
+            benchmark (centring, scaling and all sums of products stay in float64).
         device: where to compute (``None``: the first layer's device; numpy -> CPU).
         method: ``"features"``, ``"gram"`` or ``"auto"`` (linear only; see module docs).
         name: label of the data for error messages.
-        block_bytes: approximate memory for one block of intermediate products (the kernel
-            path uses blocks of at least 256 rows whatever this says).
+        block_bytes: memory for the intermediate products: one slab of cross-products
+            (``"features"``; default 256 MiB) or the row blocks of all layers' kernels
+            (``"gram"``; default 1 GiB, and never fewer than 32 rows per block: at n = 10k
+            and 60 layers in float32 that is ≈ 450 rows, ≈ 1 GiB beside the layers' copies).
         max_gram_bytes: memory the RBF kernels may take.
 
     Returns:

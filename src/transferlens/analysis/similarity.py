@@ -85,6 +85,7 @@ def as_features(
     name: str | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Validate an ``n × p`` activation matrix and return it as a detached tensor.
 
@@ -95,6 +96,8 @@ def as_features(
             every error message.
         dtype: floating dtype of the returned tensor.
         device: device of the returned tensor; ``None`` keeps a tensor's device (numpy -> CPU).
+        check_finite: check for NaN/inf (callers that sum every value anyway pass ``False``
+            and call :func:`check_all_finite` with that sum).
 
     Returns:
         ``n × p`` tensor of ``dtype``.
@@ -117,16 +120,32 @@ def as_features(
     t = t.to(device=device if device is not None else t.device, dtype=dtype)
     if read_only and t.data_ptr() == src:  # never hand out read-only memory as a tensor
         t = t.clone()
+    if check_finite:
+        check_all_finite(t, arg, name)
+    return t
+
+
+def check_all_finite(
+    t: torch.Tensor, arg: str, name: str | None, total: torch.Tensor | None = None
+) -> None:
+    """Raise the one-line non-finite error for ``t`` if it holds NaN/inf.
+
+    ``total`` is a sum over ``t`` the caller has already computed (in float64); if it is
+    finite, so is every value, and ``t`` is not read again.
+    """
+    if total is not None and bool(torch.isfinite(total).all()):
+        return
     bad = int((~torch.isfinite(t)).sum())
     if bad:
         raise ValueError(
             f"{_where(name)}{arg} has {bad} non-finite values (NaN or inf) out of {t.numel()}; "
             "drop or repair those examples before comparing representations"
         )
-    return t
 
 
 def _check_not_constant(t: torch.Tensor, arg: str, name: str | None) -> None:
+    if t.shape[0] > 1 and bool((t[1] != t[0]).any()):  # the usual case, decided at once
+        return
     if bool((t == t[:1]).all()):
         raise ValueError(
             f"{_where(name)}{arg} is constant (all {t.shape[0]} examples have the same vector); "
