@@ -188,3 +188,36 @@ def test_sklearn_estimator_checks():
     assert failed == []
     assert skipped <= {"check_array_api_input"}
     assert len(results) > 40
+
+
+@pytest.mark.parametrize("tol", [1e-6, 1e-10])
+def test_float32_products_reach_the_float64_solution_and_its_stopping_test(tol):
+    # random labels on many rows: the optimum's gradient is a near-cancelling sum, the case
+    # a float32 solve cannot finish without the float64 polish
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(3000, 40)) @ rng.normal(size=(40, 40)) + 5.0
+    Y = np.stack([rng.integers(0, 5, 3000), _task(n=3000, d=40, K=5, seed=8)[1]])
+    fast = fit_logistic(X, Y, tol=tol)
+    exact = fit_logistic(X, Y, tol=tol, products=torch.float64)
+    assert fast.converged.all() and exact.converged.all()
+    diff = (fast.log_proba(X).exp() - exact.log_proba(X).exp()).abs().max().item()
+    assert diff < (1e-4 if tol == 1e-6 else 1e-7)
+    # the float64 gradient at the float32 solve's answer meets tol
+    import transferlens.analysis.logreg as lr
+
+    prep = PreparedLayers(X)
+    M = torch.full((2, 3000), 1.0 / 3000, dtype=torch.float64)
+    mu = fast.mean - torch.stack(prep.refs)[:, None, :]
+    _, gW, gb = lr._loss_grad(
+        prep.xs[0][None],
+        fast.coef,
+        fast.intercept,
+        mu,
+        fast.scale,
+        torch.full((2,), 1.0 / 3000, dtype=torch.float64),
+        torch.as_tensor(Y),
+        M,
+        fast.class_mask,
+        False,
+    )
+    assert max(gW.abs().max().item(), gb.abs().max().item()) <= tol
