@@ -84,8 +84,6 @@ def test_capture_bundled_corpus(model_path, tmp_path):
             "resid_post.1",
             "--languages",
             "sv,en",
-            "--split",
-            "test",
             "--select",
             "last",
             "--out",
@@ -96,10 +94,12 @@ def test_capture_bundled_corpus(model_path, tmp_path):
     )
     assert code == 0
     st = ActivationStore(out)
+    # without --split the bundled corpus gives its test split (text no training run saw)
     want = load_corpus_long(languages=["sv", "en"], split="test").select(range(6))
     assert st.rows["example_id"].tolist() == want["id"]
     assert st.rows["language"].tolist() == want["language"]
     assert set(st.rows.columns) >= {"topic", "kind", "page", "split"}
+    assert set(st.rows["split"]) == {"test"}
 
 
 @pytest.mark.parametrize(
@@ -108,6 +108,7 @@ def test_capture_bundled_corpus(model_path, tmp_path):
         (["--sites", "resid_post.7"], "out of range"),
         (["--select", "median"], "unknown select"),
         (["--data", "missing.jsonl"], "no such file"),
+        (["--split", "dev"], "--split must be train, test or all"),
     ],
 )
 def test_capture_cli_errors(model_path, tmp_path, capsys, args, words):

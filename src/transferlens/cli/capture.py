@@ -57,7 +57,12 @@ def capture(
     languages: str | None = typer.Option(
         None, "--languages", help="comma-separated language codes"
     ),
-    split: str | None = typer.Option(None, "--split", help="corpus split: train or test"),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="train, test or all; the bundled corpus defaults to test (text the adapted model "
+        "never saw), a --data file to all of its lines",
+    ),
     data: Path | None = typer.Option(
         None,
         "--data",
@@ -80,6 +85,11 @@ def capture(
     from ..models import load_model
 
     langs = [x.strip() for x in languages.split(",") if x.strip()] if languages else None
+    if split not in (None, "train", "test", "all"):
+        raise ValueError(f"--split must be train, test or all, not {split!r}")
+    if split is None and data is None:
+        split = "test"
+    split = None if split == "all" else split
     if data is not None:
         examples: Any = _read_jsonl(data, langs, split)
         name = str(data)
