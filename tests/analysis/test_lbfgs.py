@@ -1,0 +1,50 @@
+"""The batched L-BFGS on problems with known minima."""
+
+from __future__ import annotations
+
+import torch
+
+from transferlens.analysis.lbfgs import minimize_batched
+
+
+def _quadratics(B=4, D=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.randn(B, D, D, generator=g, dtype=torch.float64)
+    H = Q @ Q.transpose(1, 2) + torch.linspace(0.01, 1.0, B, dtype=torch.float64)[:, None, None] * (
+        torch.eye(D, dtype=torch.float64)
+    )
+    opt = torch.randn(B, D, generator=g, dtype=torch.float64)
+
+    def fun(x, active):
+        d = x - opt
+        Hd = (H @ d[..., None])[..., 0]
+        return 0.5 * (d * Hd).sum(1), Hd
+
+    return fun, opt
+
+
+def test_each_problem_reaches_its_own_minimum():
+    fun, opt = _quadratics()
+    x, n_iter, conv = minimize_batched(
+        fun, torch.zeros_like(opt), max_iter=500, tol=1e-10, history=10
+    )
+    assert conv.all()
+    torch.testing.assert_close(x, opt, atol=1e-7, rtol=0)
+    assert (n_iter > 1).all() and len(set(n_iter.tolist())) > 1  # own stopping test each
+
+
+def test_inactive_rows_are_returned_untouched():
+    fun, opt = _quadratics(seed=1)
+    x0 = torch.zeros_like(opt)
+    active = torch.tensor([True, False, True, False])
+    x, n_iter, conv = minimize_batched(fun, x0, max_iter=500, tol=1e-10, active=active)
+    assert conv.tolist() == [True, False, True, False]
+    assert (n_iter[~active.numpy()] == 0).all()
+    torch.testing.assert_close(x[~active], x0[~active], atol=0, rtol=0)
+    torch.testing.assert_close(x[active], opt[active], atol=1e-7, rtol=0)
+
+
+def test_max_iter_stops_without_claiming_convergence():
+    fun, opt = _quadratics(seed=2)
+    x, n_iter, conv = minimize_batched(fun, torch.zeros_like(opt), max_iter=2, tol=1e-12)
+    assert not conv.any() and (n_iter == 2).all()
