@@ -39,6 +39,7 @@ import torch
 
 from ..models.handle import ModelHandle
 from ..results import AnalysisResult
+from .patch_inputs import _positions
 from .patch_metrics import (
     KLDivergence,
     TargetLogProb,
@@ -46,7 +47,7 @@ from .patch_metrics import (
     continuation_labels,
     vocab_size,
 )
-from .patching import Cell, _positions, cache_activations, grid_cells, run_cells
+from .patching import Cell, cache_activations, grid_cells, run_cells
 
 __all__ = [
     "CROSS_DIRECTIONS",
