@@ -132,6 +132,8 @@ def test_nan_input_names_site_and_count():
 
 def test_single_class_and_missing_labels():
     X, _ = _task(n=40, K=2)
+    with pytest.raises(ValueError, match="products must be torch.float32 or torch.float64"):
+        fit_logistic(X, np.arange(40) % 2, products=torch.bfloat16)
     with pytest.raises(ValueError, match="1 class"):
         LinearProbe().fit(X, np.zeros(40, int))
     y = np.array(["a", "b"] * 20, dtype=object)

@@ -1,14 +1,15 @@
 """Layer × layer CKA matrices and per-group matrices.
 
 Both reduce (as does :mod:`transferlens.analysis.minibatch_cka`) to one quantity per pair of
-layers ``(i, j)``: the inner product of the two centred linear kernels, ``⟨K_i, L_j⟩ = ‖A_iᵀB_j‖²_F`` (or, for RBF, of the centred RBF
-kernels), plus a few per-layer vectors for the unbiased estimator. It is computed once per
+layers ``(i, j)``: the inner product of the two centred linear kernels,
+``⟨K_i, L_j⟩ = ‖A_iᵀB_j‖²_F`` (or, for RBF, of the centred RBF kernels), plus a few per-layer
+vectors for the unbiased estimator. It is computed once per
 pair, with every layer centred and scaled once, in one of two exact ways:
 
 * ``"features"``: ``A_iᵀ [B_1 … B_M]`` for a slab of A layers at a time (one large matrix
   product), squared and summed per block — ``O(n·p²)`` per pair, no ``n × n`` matrix;
 * ``"gram"``: row blocks of the linear kernels ``A_i[r] A_iᵀ`` (upper triangle only) for every
-  layer, paired by one product per block — ``O(n²·p)`` per layer plus ``O(n²)`` per pair, and
+  layer, paired row by row — ``O(n²·p)`` per layer plus ``O(n²)`` per pair, and
   only ``block × n`` slices of the kernels in memory. Each row's products are summed in the
   products' dtype (at most ``n`` terms), the rows in float64.
 
@@ -120,7 +121,8 @@ class _Prepared:
         device: Any,
         n: int | None,
     ):
-        widths = [int(np.shape(layer)[-1]) for layer in layers]
+        # not-2-D layers get width 0 here and a clear error from the validation below
+        widths = [int(np.shape(layer)[-1]) if np.ndim(layer) == 2 else 0 for layer in layers]
         self.widths: list[int] = []
         self.offsets = [0, *np.cumsum(widths).tolist()]
         scale2, rows = [], []
@@ -222,8 +224,8 @@ def _row_sq(k: torch.Tensor) -> torch.Tensor:
 def _gram_inner(a: _Prepared, b: _Prepared | None, block_bytes: int | None):
     """``⟨K_i, L_j⟩`` and the self terms from row blocks of the upper-triangle kernels.
 
-    For rows ``r0:r1`` every layer's kernel rows ``K_i[r0:r1, r0:]`` come from one batched
-    product; the block on the diagonal counts once and the blocks right of it twice (the
+    For rows ``r0:r1`` each layer's kernel rows ``K_i[r0:r1, r0:]`` come from one product;
+    the block on the diagonal counts once and the blocks right of it twice (the
     kernels are symmetric), so ``⟨K, L⟩ = 2·⟨upper rows⟩ − ⟨diagonal blocks⟩`` summed over
     blocks.
     """

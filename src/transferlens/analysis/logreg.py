@@ -454,6 +454,8 @@ def fit_logistic(
         raise ValueError(
             f"{_site(name)}: train_mask must have shape {(P, n)}, got {tuple(Mb.shape)}"
         )
+    if products not in (torch.float32, torch.float64):
+        raise ValueError(f"products must be torch.float32 or torch.float64, not {products}")
     if all_classes and not penalize_intercept:
         raise ValueError("all_classes=True needs penalize_intercept=True (finite intercepts)")
     K = int(n_classes) if n_classes is not None else int(Y.max()) + 1
