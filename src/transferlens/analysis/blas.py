@@ -1,10 +1,13 @@
 """Large CPU matrix products through NumPy's BLAS.
 
-The analyses spend most of their time in a few large matrix products (CKA kernels and
-cross-products, the probe solver's logits and gradients). On CPU they go through NumPy's BLAS
-(OpenBLAS in NumPy's wheels) instead of torch's: on the 2-core AMD EPYC development machine,
-float32 products of the CKA shapes ran at ≈130–140 GFLOP/s with NumPy against ≈85 with torch
-2.13 (MKL), and the probe solver's float64 products about twice as fast (``docs/benchmarks.md``).
+The CKA matrix (:mod:`transferlens.analysis.cka_matrix`) spends nearly all its time in a few
+large matrix products, run back to back. On CPU they go through NumPy's BLAS (OpenBLAS in
+NumPy's wheels) instead of torch's: on the 2-core AMD EPYC development machine, float32
+products of the CKA shapes ran at ≈ 120–140 GFLOP/s with NumPy against ≈ 85 with torch 2.13
+(MKL) (``docs/similarity.md``). Code whose products alternate with torch's element-wise work
+(the probe solver) stays on torch: there the two libraries' thread pools contend for the
+cores and NumPy's products measured 2× slower overall.
+
 The choice is fixed (not timed at run time), so the same inputs give the same numbers on a
 machine. Tensors on other devices, other dtypes and layouts NumPy's BLAS cannot read go
 through ``torch.matmul``. :func:`blas_threads` runs NumPy's BLAS with as many threads as torch
