@@ -30,8 +30,9 @@ def minimize_batched(
 
     Each row keeps its own curvature pairs (a skipped update is stored as a zero pair), step
     length (Armijo backtracking with quadratic interpolation) and stopping test. ``precond``
-    applies an approximate inverse Hessian (the initial matrix of the two-loop recursion).
-    ``active`` limits the run to some rows (the others are returned as given, not converged).
+    applies an approximate inverse Hessian (the initial matrix of the two-loop recursion) to
+    ``(B, D)`` vectors or to a stack ``(m, B, D)`` (one call per iteration serves the two-loop
+    and the curvature scale). ``active`` limits the run to some rows (the others are returned as given, not converged).
     """
     pc = precond if precond is not None else (lambda v: v)
     B, D = x.shape
@@ -46,6 +47,7 @@ def minimize_batched(
     rho = torch.zeros(history, B, dtype=x.dtype)
     gamma = torch.ones(B, dtype=x.dtype)
     has_hist = torch.zeros(B, dtype=torch.bool)
+    pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     k = 0
     for _ in range(max_iter):
         if not bool(active.any()):
@@ -58,7 +60,14 @@ def minimize_batched(
             a = rho[s] * (S[s] * q).sum(1)
             q = q - a[:, None] * Yh[s]
             alphas.append((s, a))
-        r = gamma[:, None] * pc(q)
+        if pending is None:
+            pq = pc(q)
+        else:  # last iteration's curvature scale, from the same preconditioner solve as q
+            pq, py = pc(torch.stack([q, pending[0]]))
+            gamma = torch.where(
+                pending[2], pending[1] / (pending[0] * py).sum(1).clamp_min(1e-300), gamma
+            )
+        r = gamma[:, None] * pq
         for s, a in reversed(alphas):
             beta = rho[s] * (Yh[s] * r).sum(1)
             r = r + S[s] * (a - beta)[:, None]
@@ -99,7 +108,7 @@ def minimize_batched(
         S[slot] = torch.where(valid[:, None], sv, 0.0)
         Yh[slot] = torch.where(valid[:, None], yv, 0.0)
         rho[slot] = torch.where(valid, 1.0 / torch.where(valid, sy, 1.0), 0.0)
-        gamma = torch.where(valid, sy / (yv * pc(yv)).sum(1).clamp_min(1e-300), gamma)
+        pending = (yv, sy, valid)  # gamma ← sᵀy / yᵀ·pc(y) at the next iteration
         has_hist |= valid
         k += 1
         n_iter += active.long()

@@ -289,7 +289,8 @@ class _Objective:
 
     def preconditioner(self, use: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """Approximate inverse Hessian ``(Σ/K + λ̄)⁻¹`` (Σ: feature correlation, λ̄: the median
-        penalty of the problems in ``use``) for those problems; identity for the others."""
+        penalty of the problems in ``use``) for those problems; identity for the others. It
+        applies to ``(B, D)`` vectors or to a stack ``(m, B, D)`` of them."""
         L, P, K, d, lam = len(self.prep), self.P, self.K, self.d, self.lam
         lam_bar = float(lam[use].median())
         eye = torch.eye(d, dtype=torch.float64)
@@ -301,13 +302,16 @@ class _Objective:
         u = ui.numel()
 
         def apply(v: torch.Tensor) -> torch.Tensor:
-            v = v.view(L, P, d * K + K)
-            vu = v[:, ui]
-            vw = vu[..., : d * K].reshape(L, u, d, K).permute(0, 2, 1, 3).reshape(L, d, u * K)
-            a = torch.cholesky_solve(vw, chol).view(L, d, u, K).permute(0, 2, 1, 3)
-            out = v.clone()
-            out[:, ui] = torch.cat([a.reshape(L, u, d * K), vu[..., d * K :] / div_b], dim=2)
-            return out.view(L * P, -1)
+            # v: (L·P, D) or (m, L·P, D); one Cholesky solve for all m at once
+            m = v.shape[0] if v.ndim == 3 else 1
+            v4 = v.reshape(m, L, P, d * K + K)
+            vu = v4[:, :, ui]
+            vw = vu[..., : d * K].reshape(m, L, u, d, K).permute(1, 3, 0, 2, 4)
+            a = torch.cholesky_solve(vw.reshape(L, d, m * u * K), chol)
+            a = a.view(L, d, m, u, K).permute(2, 0, 3, 1, 4).reshape(m, L, u, d * K)
+            out = v4.clone()
+            out[:, :, ui] = torch.cat([a, vu[..., d * K :] / div_b], dim=3)
+            return out.reshape(v.shape)
 
         return apply
 
