@@ -372,7 +372,15 @@ def _polish(
     float64 the problems that do not meet ``tol`` there (so the stopping test always holds
     in float64)."""
     exact = _Objective(
-        obj.prep, obj.Y, obj.M, obj.mean, obj.scale, obj.lam, obj.class_mask, obj.pen_b
+        obj.prep,
+        obj.Y,
+        obj.M,
+        obj.mean,
+        obj.scale,
+        obj.lam,
+        obj.class_mask,
+        obj.pen_b,
+        products=torch.float64,
     )
     _, g = exact(theta, torch.ones(theta.shape[0], dtype=torch.bool))
     ok = g.abs().amax(1) <= tol

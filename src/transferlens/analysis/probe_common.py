@@ -464,6 +464,21 @@ def _as_codes(values: Any, classes: np.ndarray, like: np.ndarray) -> np.ndarray:
     return out
 
 
+def _control_codes(
+    labels: Any, types: Any, groups: np.ndarray, seed: int, cfg: ProbeConfig, classes, y
+) -> np.ndarray:
+    """The control task for ``seed`` (one label per word type, else per example) as the
+    task's class codes (-1 where ``y`` is)."""
+    ctl = control_labels(
+        labels,
+        types=types,
+        examples=None if types is not None else groups,
+        seed=seed,
+        missing_label=cfg.missing_label,
+    )
+    return _as_codes(ctl, classes, y)
+
+
 def _result(
     name: str, cfg: ProbeConfig, extra_cfg: dict[str, Any], data: dict[str, Any]
 ) -> AnalysisResult:

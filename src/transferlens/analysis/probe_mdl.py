@@ -17,11 +17,10 @@ from transferlens.analysis.probe_common import (
     _MEM,
     MDL_FRACTIONS,
     ProbeConfig,
-    _as_codes,
+    _control_codes,
     _result,
     _setup,
     _Table,
-    control_labels,
 )
 from transferlens.analysis.probing import PreparedLayers, encode_labels, fit_logistic
 from transferlens.results import AnalysisResult
@@ -230,14 +229,7 @@ def mdl_probe(
     for si, s in enumerate(cfg.seeds):
         Y = [y[keep]]
         if control:
-            ctl = control_labels(
-                labels,
-                types=types,
-                examples=None if types is not None else g,
-                seed=s,
-                missing_label=cfg.missing_label,
-            )
-            Y.append(_as_codes(ctl, classes, y)[keep])
+            Y.append(_control_codes(labels, types, g, s, cfg, classes, y)[keep])
         order, ex_ends = _mdl_order(g[keep], s, True)
         ends = _block_ends(n, fractions, ex_ends)
         for m, st in models.items():

@@ -26,7 +26,7 @@ import numpy as np
 from transferlens.analysis.probe_common import (
     MDL_FRACTIONS,
     ProbeConfig,
-    _as_codes,
+    _control_codes,
     _cv,
     _result,
     _setup,
@@ -148,14 +148,7 @@ def selectivity(
     cfg, models, y, classes, g, ids = _setup(acts, labels, groups, config, layer_ids, task)
     sc = {m: np.zeros((len(ids), 2, len(cfg.seeds), y.size)) for m in models}
     for si, s in enumerate(cfg.seeds):
-        ctl = control_labels(
-            labels,
-            types=types,
-            examples=None if types is not None else g,
-            seed=s,
-            missing_label=cfg.missing_label,
-        )
-        Y = np.stack([y, _as_codes(ctl, classes, y)])
+        Y = np.stack([y, _control_codes(labels, types, g, s, cfg, classes, y)])
         for m, v in _cv(models, Y, g, len(classes), cfg, [s], probe, task).items():
             sc[m][:, :, si] = v[:, :, 0]
     tab = _Table(g, cfg)
