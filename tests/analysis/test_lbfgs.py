@@ -48,3 +48,23 @@ def test_max_iter_stops_without_claiming_convergence():
     fun, opt = _quadratics(seed=2)
     x, n_iter, conv = minimize_batched(fun, torch.zeros_like(opt), max_iter=2, tol=1e-12)
     assert not conv.any() and (n_iter == 2).all()
+
+
+def test_patience_stops_rows_whose_gradient_stops_improving():
+    # row 0's gradients carry an error far above tol (like float32 products): it can never
+    # meet the stopping test; row 1 is exact and converges
+    fun, opt = _quadratics(B=2)
+    g = torch.Generator().manual_seed(1)
+
+    def noisy(x, active):
+        f, grad = fun(x, active)
+        noise = torch.zeros_like(grad)
+        noise[0] = 1e-4 * torch.randn(grad.shape[1], generator=g, dtype=torch.float64)
+        return f, grad + noise
+
+    x0 = torch.zeros_like(opt)
+    _, it_free, conv_free = minimize_batched(noisy, x0, max_iter=300, tol=1e-9)
+    _, it, conv = minimize_batched(noisy, x0, max_iter=300, tol=1e-9, patience=10)
+    assert not conv_free[0] and it_free[0] > 100  # without patience: runs on
+    assert not conv[0] and it[0] < it_free[0]  # stopped, not converged
+    assert conv[1] and conv_free[1]

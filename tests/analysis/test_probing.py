@@ -205,20 +205,20 @@ def test_float32_products_reach_the_float64_solution_and_its_stopping_test(tol):
     diff = (fast.log_proba(X).exp() - exact.log_proba(X).exp()).abs().max().item()
     assert diff < (1e-4 if tol == 1e-6 else 1e-7)
     # the float64 gradient at the float32 solve's answer meets tol
-    import transferlens.analysis.logreg as lr
+    import transferlens.analysis.logreg_objective as lo
 
     prep = PreparedLayers(X)
     M = torch.full((2, 3000), 1.0 / 3000, dtype=torch.float64)
     mu = fast.mean - torch.stack(prep.refs)[:, None, :]
-    _, gW, gb = lr._loss_grad(
+    _, gW, gb = lo._loss_grad(
         prep.xs[0][None],
         fast.coef,
         fast.intercept,
         mu,
         fast.scale,
         torch.full((2,), 1.0 / 3000, dtype=torch.float64),
-        torch.as_tensor(Y),
-        M,
+        torch.as_tensor(Y).T,
+        M.T,
         fast.class_mask,
         False,
     )

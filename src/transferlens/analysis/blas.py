@@ -4,9 +4,11 @@ The CKA matrix (:mod:`transferlens.analysis.cka_matrix`) spends nearly all its t
 large matrix products, run back to back. On CPU they go through NumPy's BLAS (OpenBLAS in
 NumPy's wheels) instead of torch's: on the 2-core AMD EPYC development machine, float32
 products of the CKA shapes ran at ≈ 120–140 GFLOP/s with NumPy against ≈ 85 with torch 2.13
-(MKL) (``docs/similarity.md``). Code whose products alternate with torch's element-wise work
-(the probe solver) stays on torch: there the two libraries' thread pools contend for the
-cores and NumPy's products measured 2× slower overall.
+(MKL) (``docs/similarity.md``). The probe solver's thin products (a few dozen columns) use it
+only when torch runs one intra-op thread, as in the worker threads of
+:mod:`~transferlens.analysis.workers` (which also limit NumPy's BLAS to one thread): 10–40 %
+faster than torch's there. With several threads each, the two libraries' thread pools contend
+for the cores between products and element-wise work (2× slower overall, measured).
 
 The choice is fixed (not timed at run time), so the same inputs give the same numbers on a
 machine. Tensors on other devices, other dtypes and layouts NumPy's BLAS cannot read go

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from transferlens.analysis.lbfgs import minimize_batched
+from transferlens.analysis.logreg_objective import _Objective
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ __all__ = ["LogisticFit", "PreparedLayers", "check_finite", "fit_logistic"]
 
 _CHUNK_BYTES = 256 * 2**20
 _F32_TOL = 1e-6  # the tightest tolerance solved with float32 products before the polish
+_F32_PATIENCE = 30  # float32 iterations without a better gradient before the polish
 
 
 def _site(name: str | None) -> str:
@@ -114,8 +116,9 @@ class PreparedLayers:
                     f"{_site(site)} has shape {tuple(x.shape)}, "
                     "expected the same (n, d) for every layer"
                 )
-            check_finite(x, site if len(X) > 1 or layers is not None or not name else name)
             ref = x.mean(0)
+            if not bool(torch.isfinite(ref).all()):  # a finite column sum holds no NaN/inf
+                check_finite(x, site if len(X) > 1 or layers is not None or not name else name)
             self.xs.append(x - ref)
             self.refs.append(ref)
         self._gram: list[torch.Tensor | None] = [None] * len(self.xs)
@@ -142,14 +145,18 @@ class PreparedLayers:
 
     def rows(self, idx: Any) -> PreparedLayers:
         """The same layers restricted to rows ``idx`` (preconditioners from all rows)."""
-        idx = torch.as_tensor(np.asarray(idx))
+        arr = np.asarray(idx)
         new = object.__new__(PreparedLayers)
         new.name, new.refs, new._gram = (
             self.name,
             self.refs,
             [self.gram(j) for j in range(len(self))],
         )
-        new.xs = [x[idx] for x in self.xs]
+        ranged = arr.ndim == 1 and arr.size and np.issubdtype(arr.dtype, np.integer)
+        if ranged and bool((np.diff(arr) == 1).all()):  # a range of rows: views, no copy
+            new.xs = [x[int(arr[0]) : int(arr[-1]) + 1] for x in self.xs]
+        else:
+            new.xs = [x[torch.as_tensor(arr)] for x in self.xs]
         new._xs32 = None
         return new
 
@@ -161,12 +168,12 @@ class PreparedLayers:
 
     def gram(self, li: int, max_rows: int = 2048) -> torch.Tensor:
         """Feature correlation ``(d, d)`` of layer ``li`` from up to ``max_rows`` evenly spaced rows
-        (cached; it only shapes the preconditioner, never the solution)."""
+        (cached; float32 products: it only shapes the preconditioner, never the solution)."""
         if self._gram[li] is None:
             x = self.xs[li]
             z = x[:: max(1, x.shape[0] // max_rows)]
-            z = z / z.std(0, correction=0).clamp_min(1e-12)
-            self._gram[li] = z.T @ z / z.shape[0]
+            z = (z / z.std(0, correction=0).clamp_min(1e-12)).float()
+            self._gram[li] = (z.T @ z).double() / z.shape[0]
         return self._gram[li]
 
 
@@ -191,6 +198,18 @@ class LogisticFit:
     class_mask: torch.Tensor
     n_iter: np.ndarray
     converged: np.ndarray
+
+    def select(self, problems: slice) -> LogisticFit:
+        """The fits of some problems only (views)."""
+        return LogisticFit(
+            self.coef[:, problems],
+            self.intercept[:, problems],
+            self.mean[:, problems],
+            self.scale[:, problems],
+            self.class_mask[problems],
+            self.n_iter[:, problems],
+            self.converged[:, problems],
+        )
 
     def log_proba(self, X: Any, layers: Sequence[int] | None = None) -> torch.Tensor:
         """Log-probabilities ``(L, P, n, K)`` (float64) of every problem's model on rows ``X``.
@@ -218,147 +237,6 @@ class LogisticFit:
         return torch.stack(out)
 
 
-def _loss_grad(
-    x: torch.Tensor,
-    W: torch.Tensor,
-    b: torch.Tensor,
-    mu: torch.Tensor,
-    sd: torch.Tensor,
-    lam: torch.Tensor,
-    Y: torch.Tensor,
-    M: torch.Tensor,
-    cmask: torch.Tensor,
-    pen_b: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Objectives and gradients of ``p`` problems on ``Lb`` layers sharing rows.
-
-    Shapes: x ``(Lb, n, d)``, W ``(Lb, p, d, K)``, b ``(Lb, p, K)``, mu/sd ``(Lb, p, d)``,
-    lam ``(p,)``, Y/M ``(p, n)`` (codes, weights 1/n_p on training rows), cmask ``(p, K)``.
-    Logits are kept class-major, ``(Lb, p, K, n)``: both products then read ``x`` row-major
-    (``Vᵀxᵀ`` and ``Gx``), several times faster than ``xᵀG`` for few columns. If ``x`` is
-    float32 the two products run in float32 and everything else (softmax, loss, sums) in
-    float64.
-    """
-    Lb, n, d = x.shape
-    p, K = W.shape[1], W.shape[3]
-    c = b - torch.einsum("lpd,lpdk->lpk", mu / sd, W)
-    Vt = (W / sd[..., None]).transpose(2, 3).reshape(Lb, p * K, d)
-    Z = torch.bmm(Vt.to(x.dtype), x.transpose(1, 2)).double().view(Lb, p, K, n) + c[..., None]
-    logp = torch.log_softmax(Z.masked_fill(~cmask[:, :, None], -math.inf), dim=2)
-    idx = Y[None, :, None, :].expand(Lb, p, 1, n)
-    lt = logp.gather(2, idx)[:, :, 0]
-    loss = -torch.where(M > 0, lt, 0.0).mul(M).sum(-1)  # (Lb, p)
-    G = logp.exp()
-    G.scatter_add_(2, idx, -torch.ones_like(G[:, :, :1]))
-    G.mul_(M[:, None, :])
-    GX = torch.bmm(G.view(Lb, p * K, n).to(x.dtype), x).double().view(Lb, p, K, d).transpose(2, 3)
-    Gs = G.sum(-1)  # (Lb, p, K)
-    gW = GX / sd[..., None] - (mu / sd)[..., None] * Gs[:, :, None, :] + lam[:, None, None] * W
-    pen = (W * W).sum((2, 3))
-    if pen_b:
-        Gs, pen = Gs + lam[:, None] * b, pen + (b * b).sum(2)
-    return loss + 0.5 * lam * pen, gW, Gs
-
-
-class _Objective:
-    """Objectives and gradients of ``L × P`` problems; the problems of a layer share its rows.
-
-    Small inputs are evaluated for all layers and problems in one batched pass; large ones
-    layer by layer, for the problems still running only.
-    """
-
-    def __init__(
-        self,
-        prep: PreparedLayers,
-        Y: torch.Tensor,
-        M: torch.Tensor,
-        mean: torch.Tensor,
-        scale: torch.Tensor,
-        lam: torch.Tensor,
-        class_mask: torch.Tensor,
-        penalize_intercept: bool,
-        products: torch.dtype = torch.float64,
-    ) -> None:
-        self.prep, self.Y, self.M = prep, Y, M  # (P, n)
-        self.mean, self.scale, self.lam = mean, scale, lam  # (L,P,d) (L,P,d) (P,), centred data
-        self.class_mask, self.pen_b = class_mask, penalize_intercept
-        self.P, self.K = class_mask.shape
-        self.d = prep.d
-        self.xs = prep.xs32() if products == torch.float32 else prep.xs
-        self.X = torch.stack(self.xs) if prep.n * prep.d * len(prep) <= 2**21 else None
-
-    def preconditioner(self, use: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Approximate inverse Hessian ``(Σ/K + λ̄)⁻¹`` (Σ: feature correlation, λ̄: the median
-        penalty of the problems in ``use``) for those problems; identity for the others. It
-        applies to ``(B, D)`` vectors or to a stack ``(m, B, D)`` of them."""
-        L, P, K, d, lam = len(self.prep), self.P, self.K, self.d, self.lam
-        lam_bar = float(lam[use].median())
-        eye = torch.eye(d, dtype=torch.float64)
-        chol = torch.linalg.cholesky(
-            torch.stack([self.prep.gram(li) / K + lam_bar * eye for li in range(L)])
-        )
-        div_b = 1.0 / K + (lam[use][None, :, None] if self.pen_b else 0.0)
-        ui = use.nonzero().flatten()
-        u = ui.numel()
-
-        def apply(v: torch.Tensor) -> torch.Tensor:
-            # v: (L·P, D) or (m, L·P, D); one Cholesky solve for all m at once
-            m = v.shape[0] if v.ndim == 3 else 1
-            v4 = v.reshape(m, L, P, d * K + K)
-            vu = v4[:, :, ui]
-            vw = vu[..., : d * K].reshape(m, L, u, d, K).permute(1, 3, 0, 2, 4)
-            a = torch.cholesky_solve(vw.reshape(L, d, m * u * K), chol)
-            a = a.view(L, d, m, u, K).permute(2, 0, 3, 1, 4).reshape(m, L, u, d * K)
-            out = v4.clone()
-            out[:, :, ui] = torch.cat([a, vu[..., d * K :] / div_b], dim=3)
-            return out.reshape(v.shape)
-
-        return apply
-
-    def __call__(
-        self, theta: torch.Tensor, active: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        L, P, K, d = len(self.prep), self.P, self.K, self.d
-        theta = theta.view(L, P, d * K + K)
-        W, b = theta[..., : d * K].reshape(L, P, d, K), theta[..., d * K :]
-        if self.X is not None:  # small: everything at once
-            f, gW, gb = _loss_grad(
-                self.X,
-                W,
-                b,
-                self.mean,
-                self.scale,
-                self.lam,
-                self.Y,
-                self.M,
-                self.class_mask,
-                self.pen_b,
-            )
-            return f.view(-1), torch.cat([gW.reshape(L, P, d * K), gb], dim=2).view(L * P, -1)
-        f = torch.zeros(L, P, dtype=torch.float64)
-        g = torch.zeros(L, P, d * K + K, dtype=torch.float64)
-        act = active.view(L, P)
-        for li in range(L):
-            pi = act[li].nonzero().flatten()
-            if pi.numel() == 0:
-                continue
-            fl, gW, gb = _loss_grad(
-                self.xs[li][None],
-                W[li, pi][None],
-                b[li, pi][None],
-                self.mean[li, pi][None],
-                self.scale[li, pi][None],
-                self.lam[pi],
-                self.Y[pi],
-                self.M[pi],
-                self.class_mask[pi],
-                self.pen_b,
-            )
-            f[li, pi] = fl[0]
-            g[li, pi] = torch.cat([gW[0].reshape(len(pi), d * K), gb[0]], dim=1)
-        return f.view(-1), g.view(L * P, -1)
-
-
 def _polish(
     obj: _Objective,
     theta: torch.Tensor,
@@ -366,30 +244,34 @@ def _polish(
     *,
     max_iter: int,
     tol: float,
-    precond: Callable[[torch.Tensor], torch.Tensor] | None,
+    precond: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Check a solve done with float32 products against the float64 gradient, and continue in
     float64 the problems that do not meet ``tol`` there (so the stopping test always holds
     in float64)."""
-    exact = _Objective(
-        obj.prep,
-        obj.Y,
-        obj.M,
-        obj.mean,
-        obj.scale,
-        obj.lam,
-        obj.class_mask,
-        obj.pen_b,
-        products=torch.float64,
-    )
-    _, g = exact(theta, torch.ones(theta.shape[0], dtype=torch.bool))
+
+    def exact(blocked: bool) -> _Objective:
+        return _Objective(
+            obj.prep,
+            obj.Y,
+            obj.M,
+            obj.mean,
+            obj.scale,
+            obj.lam,
+            obj.class_mask,
+            obj.pen_b,
+            products=torch.float64,
+            blocked=blocked,
+        )
+
+    _, g = exact(False)(theta, torch.ones(theta.shape[0], dtype=torch.bool))
     ok = g.abs().amax(1) <= tol
     redo = ~ok
     left = max_iter - int(n_iter[redo.numpy()].min()) if bool(redo.any()) else 0
     if left <= 0:
         return theta, n_iter, ok.numpy()
     theta2, it2, cv2 = minimize_batched(
-        exact, theta, max_iter=left, tol=tol, precond=precond, active=redo
+        exact(True), theta, max_iter=left, tol=tol, precond=precond, active=redo
     )
     return theta2, n_iter + it2, ok.numpy() | cv2
 
@@ -402,8 +284,8 @@ def fit_logistic(
     n_classes: int | None = None,
     C: float = 1.0,
     standardize: bool = True,
-    penalize_intercept: bool = False,
-    all_classes: bool = False,
+    penalize_intercept: Any = False,
+    all_classes: Any = False,
     tol: float = 1e-6,
     max_iter: int = 1000,
     history: int = 10,
@@ -422,10 +304,11 @@ def fit_logistic(
         n_classes: ``K`` (default: largest code + 1).
         C: inverse regularisation strength, as in scikit-learn.
         standardize: standardise inputs with each problem's training-row mean and std.
-        penalize_intercept: also penalise the intercept (not scikit-learn's objective).
+        penalize_intercept: also penalise the intercept (not scikit-learn's objective); a
+            bool, or ``(P,)`` booleans, one per problem.
         all_classes: fit every problem on all ``K`` classes, even those absent from its
             training rows (needs ``penalize_intercept`` to stay finite); default: only the
-            classes present, as scikit-learn does.
+            classes present, as scikit-learn does. A bool, or ``(P,)`` booleans.
         tol: stop when max |gradient| of the mean-loss objective is at most ``tol``.
         max_iter: L-BFGS iterations per problem.
         history: L-BFGS memory.
@@ -468,7 +351,9 @@ def fit_logistic(
         )
     if products not in (torch.float32, torch.float64):
         raise ValueError(f"products must be torch.float32 or torch.float64, not {products}")
-    if all_classes and not penalize_intercept:
+    pen_b = torch.as_tensor(np.broadcast_to(np.asarray(penalize_intercept, bool), (P,)).copy())
+    every = torch.as_tensor(np.broadcast_to(np.asarray(all_classes, bool), (P,)).copy())
+    if bool((every & ~pen_b).any()):
         raise ValueError("all_classes=True needs penalize_intercept=True (finite intercepts)")
     K = int(n_classes) if n_classes is not None else int(Y.max()) + 1
     if int(Y.min()) < 0 or int(Y.max()) >= K:
@@ -477,15 +362,21 @@ def fit_logistic(
     present = torch.zeros(P, K, dtype=torch.bool)
     for p in range(P):
         present[p, Y[p][Mb[p]]] = True
-    if bool((n_p == 0).any()) or (not all_classes and bool((present.sum(1) < 2).any())):
+    if bool((n_p == 0).any()) or bool(((present.sum(1) < 2) & ~every).any()):
         raise ValueError(
             f"{_site(name)}: training rows hold only 1 class (or none); "
             "a probe needs at least 2 classes"
         )
-    class_mask = torch.ones(P, K, dtype=torch.bool) if all_classes else present
+    class_mask = present | every[:, None]
     # scikit-learn fits two classes as one binomial vector: same solution as a doubled penalty
     lam = torch.where(class_mask.sum(1) == 2, 2.0, 1.0).double() / (C * n_p.double())
     M = Mb.double() / n_p.double()[:, None]
+    # rows grouped by which problems train on them: each problem's training-row sums are sums
+    # of a few group sums (one pass over the rows instead of one per problem)
+    packed = np.packbits(Mb.numpy().T, axis=1)
+    _, first, inv = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+    row_group = torch.as_tensor(inv.reshape(-1))
+    member = Mb[:, torch.as_tensor(first)].T.double() / n_p.double()  # (groups, P)
     parts = []
     for chunk in chunks:
         prep = (
@@ -496,8 +387,11 @@ def fit_logistic(
         mus, sds = [], []
         for x in prep.xs:
             if standardize:
-                mu = M @ x
-                sd = (M @ (x * x) - mu * mu).clamp_min(0.0).sqrt()
+                sums = torch.zeros(2, member.shape[0], prep.d, dtype=torch.float64)
+                sums[0].index_add_(0, row_group, x)
+                sums[1].index_add_(0, row_group, x * x)
+                mu, ex2 = member.T @ sums  # per problem: mean and mean square
+                sd = (ex2 - mu * mu).clamp_min(0.0).sqrt()
                 sd = torch.where(sd <= 1e-12 * (1.0 + mu.abs()), 1.0, sd)
             else:
                 mu, sd = (
@@ -509,15 +403,22 @@ def fit_logistic(
         mu_t, sd_t = torch.stack(mus), torch.stack(sds)
         if not standardize:  # the model sees raw inputs: undo the centring in the parametrisation
             mu_t = -torch.stack(prep.refs)[:, None, :].expand(len(prep), P, prep.d).clone()
-        obj = _Objective(prep, Y, M, mu_t, sd_t, lam, class_mask, penalize_intercept, products)
+        obj = _Objective(prep, Y, M, mu_t, sd_t, lam, class_mask, pen_b, products)
         theta0 = torch.zeros(len(prep) * P, prep.d * K + K, dtype=torch.float64)
         use = n_p >= prep.d if precondition is None else torch.full((P,), bool(precondition))
         use &= standardize
         pc = obj.preconditioner(use) if bool(use.any()) else None
         # float32 gradients are good to ~1e-8: tighter tolerances are reached in the polish
         tol1 = tol if products == torch.float64 else max(tol, _F32_TOL)
+        # float32 gradients are inexact: a problem that stops improving goes to the polish
         theta, it, cv = minimize_batched(
-            obj, theta0, max_iter=max_iter, tol=tol1, history=history, precond=pc
+            obj,
+            theta0,
+            max_iter=max_iter,
+            tol=tol1,
+            history=history,
+            precond=pc,
+            patience=None if products == torch.float64 else _F32_PATIENCE,
         )
         if products != torch.float64:
             theta, it, cv = _polish(obj, theta, it, max_iter=max_iter, tol=tol, precond=pc)

@@ -18,6 +18,7 @@ import torch
 
 from transferlens.analysis.probing import PreparedLayers, _as_stack, encode_labels, fit_logistic
 from transferlens.analysis.stats import Units, percentile_interval, seed_summary, unit_draws
+from transferlens.analysis.workers import layer_groups, run_groups, workers
 from transferlens.results import AnalysisResult
 
 logger = logging.getLogger(__name__)
@@ -357,11 +358,13 @@ def _predict(
     """
     (P, n), F, L = Y.shape, masks.shape[0], len(train)
     outs = [np.full((L, P, len(a)), -1, np.int64) for _, a in targets]
-    step = max(1, min(L, _MEM // (n * int(train[0].shape[1]) * 8 * (1 + len(targets)))))
-    for ch in (range(s, min(L, s + step)) for s in range(0, L, step)):
-        if probe is not None:
+    per = _MEM // (n * int(train[0].shape[1]) * 8 * (1 + len(targets)))
+    if probe is not None:
+        for ch in layer_groups(L, max(1, per)):
             _predict_sklearn(train, Y, masks, targets, outs, ch, probe)
-            continue
+        return outs
+
+    def one(ch: range) -> None:
         prep = PreparedLayers([train[i] for i in ch], name=name, layers=ch)
         tm = np.stack([(Y[p] >= 0) & masks[f] for p in range(P) for f in range(F)])
         fit = fit_logistic(
@@ -385,6 +388,9 @@ def _predict(
             for j, li in enumerate(ch):
                 pred = fit.log_proba(tp.layer(j), layers=[j])[0].argmax(-1).view(P, F, -1)
                 outs[t][li] = np.where(a[None] >= 0, pred.gather(1, idx)[:, 0].numpy(), -1)
+
+    # layer groups run side by side; the memory bound holds for all groups in flight together
+    run_groups(one, layer_groups(L, max(1, per // workers())))
     return outs
 
 

@@ -23,6 +23,7 @@ from transferlens.analysis.probe_common import (
     _Table,
 )
 from transferlens.analysis.probing import PreparedLayers, encode_labels, fit_logistic
+from transferlens.analysis.workers import layer_groups, run_groups, workers
 from transferlens.results import AnalysisResult
 
 __all__ = ["MDLCode", "mdl_codelength", "mdl_probe"]
@@ -114,36 +115,37 @@ def _mdl_bits(
                         )
                     bits[li, p, order[a:b]] = -np.log2(pt)
         return bits
-    # the small prefixes share one batched fit (row masks over the largest of them)
-    # the small prefixes share one batched fit (row masks over the largest of them)
-    cut = 64
-    groups = [[(a, b) for a, b in blocks if a <= cut]] + [[blk] for blk in blocks if blk[0] > cut]
-    groups = [grp for grp in groups if grp]
-    step = max(1, min(L, _MEM // (n * int(stack[0].shape[1]) * 16)))
-    for start in range(0, L, step):
-        ch = range(start, min(L, start + step))
+    if not blocks:  # everything is sent with the uniform code
+        return bits
+    # all prefixes share one batched fit (row masks over the largest; each problem reads
+    # only its prefix's rows); layer groups run side by side within the memory bound
+    top = blocks[-1][0]
+    masks = np.stack([np.arange(top) < a for a, _ in blocks for _ in range(P)])
+    labels = np.tile(Yo[:, :top], (len(blocks), 1))
+
+    def one(ch: range) -> None:
         perm = PreparedLayers([stack[i] for i in ch], name=name, layers=ch).rows(order)
-        for grp in groups:
-            top = grp[-1][0]
-            masks = np.stack([np.arange(top) < a for a, _ in grp for _ in range(P)])
-            fit = fit_logistic(
-                perm.rows(np.arange(top)),
-                np.tile(Yo[:, :top], (len(grp), 1)),
-                train_mask=masks,
-                n_classes=K,
-                C=cfg.C,
-                tol=cfg.tol,
-                max_iter=cfg.max_iter,
-                penalize_intercept=True,
-                all_classes=True,
-                name=name,
-            )
-            for j, (a, b) in enumerate(grp):
-                lp = fit.log_proba(perm.rows(np.arange(a, b)))[:, j * P : (j + 1) * P]
-                idx = torch.as_tensor(Yo[:, a:b]).expand(len(ch), P, b - a)[..., None]
-                bits[start : start + len(ch), :, order[a:b]] = (
-                    -lp.gather(3, idx)[..., 0] / math.log(2)
-                ).numpy()
+        fit = fit_logistic(
+            perm.rows(np.arange(top)),
+            labels,
+            train_mask=masks,
+            n_classes=K,
+            C=cfg.C,
+            tol=cfg.tol,
+            max_iter=cfg.max_iter,
+            penalize_intercept=True,
+            all_classes=True,
+            name=name,
+        )
+        for j, (a, b) in enumerate(blocks):
+            lp = fit.select(slice(j * P, (j + 1) * P)).log_proba(perm.rows(np.arange(a, b)))
+            idx = torch.as_tensor(Yo[:, a:b]).expand(len(ch), P, b - a)[..., None]
+            bits[ch.start : ch.stop, :, order[a:b]] = (
+                -lp.gather(3, idx)[..., 0] / math.log(2)
+            ).numpy()
+
+    per = _MEM // (n * int(stack[0].shape[1]) * 16) // workers()
+    run_groups(one, layer_groups(L, max(1, per)))
     return bits
 
 
