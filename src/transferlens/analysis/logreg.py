@@ -250,7 +250,7 @@ def _polish(
     float64 the problems that do not meet ``tol`` there (so the stopping test always holds
     in float64)."""
 
-    def exact(blocked: bool) -> _Objective:
+    def exact(blocked: bool | None) -> _Objective:
         return _Objective(
             obj.prep,
             obj.Y,
@@ -264,7 +264,9 @@ def _polish(
             blocked=blocked,
         )
 
-    _, g = exact(False)(theta, torch.ones(theta.shape[0], dtype=torch.bool))
+    # the check reads blocks where that needs no copy of the rows (MDL prefixes), all rows
+    # otherwise (cross-validation folds)
+    _, g = exact(None)(theta, torch.ones(theta.shape[0], dtype=torch.bool))
     ok = g.abs().amax(1) <= tol
     redo = ~ok
     left = max_iter - int(n_iter[redo.numpy()].min()) if bool(redo.any()) else 0

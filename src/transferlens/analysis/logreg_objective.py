@@ -141,6 +141,8 @@ class _Objective:
     layer by layer, for the problems still running only. Rows are read in blocks
     (:func:`_row_blocks`), each by the problems that train on it only: a cross-validation
     fold's problems skip its held-out rows, an MDL prefix's problems the rows after it.
+    ``blocked=False`` reads all rows for every problem; ``None`` reads blocks only where their
+    rows come in order (no copy of the inputs), all rows otherwise.
     """
 
     def __init__(
@@ -154,19 +156,22 @@ class _Objective:
         class_mask: torch.Tensor,
         penalize_intercept: torch.Tensor,
         products: torch.dtype = torch.float64,
-        blocked: bool = True,
+        blocked: bool | None = True,
     ) -> None:
         self.prep, self.Y, self.M = prep, Y, M  # (P, n)
         self.mean, self.scale, self.lam = mean, scale, lam  # (L,P,d) (L,P,d) (P,), centred data
         self.class_mask, self.pen_b = class_mask, penalize_intercept  # (P, K), (P,)
         self.P, self.K = class_mask.shape
         self.d = prep.d
-        if blocked:
-            rows, self.blocks = _row_blocks((M > 0).numpy())
-        else:  # every row for every problem: no copy of the inputs (one evaluation's worth)
+        rows, self.blocks = _row_blocks((M > 0).numpy()) if blocked is not False else (None, [])
+        # the blocks' rows in order from the first: a view, no copy of the inputs
+        prefix = rows is not None and bool((rows == np.arange(rows.size)).all())
+        if blocked is False or (blocked is None and not prefix):
+            # every row for every problem: no copy either (for one evaluation's worth)
             rows, self.blocks = np.arange(prep.n), [(0, prep.n, torch.arange(self.P))]
-        same = rows.size == prep.n and bool((rows == np.arange(prep.n)).all())
-        take = (lambda t: t) if same else (lambda t: t[torch.as_tensor(rows)])
+            prefix = True
+        m = rows.size
+        take = (lambda t: t[:m]) if prefix else (lambda t: t[torch.as_tensor(rows)])
         xs = prep.xs32() if products == torch.float32 else prep.xs
         self.xs = [take(x) for x in xs]  # rows in block order
         self.YT, self.MT = take(Y.T).contiguous(), take(M.T).contiguous()  # (rows, P)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
-import torch
 
 from transferlens.analysis.probing import PreparedLayers, _as_stack, encode_labels, fit_logistic
 from transferlens.analysis.stats import Units, percentile_interval, seed_summary, unit_draws
@@ -356,13 +356,36 @@ def _predict(
     Returns:
         per target, ``(L, P, n_t)`` predicted codes (-1 where not predicted).
     """
-    (P, n), F, L = Y.shape, masks.shape[0], len(train)
-    outs = [np.full((L, P, len(a)), -1, np.int64) for _, a in targets]
-    per = _MEM // (n * int(train[0].shape[1]) * 8 * (1 + len(targets)))
     if probe is not None:
+        (P, n), L = Y.shape, len(train)
+        outs = [np.full((L, P, len(a)), -1, np.int64) for _, a in targets]
+        per = _MEM // (n * int(train[0].shape[1]) * 8 * (1 + len(targets)))
         for ch in layer_groups(L, max(1, per)):
             _predict_sklearn(train, Y, masks, targets, outs, ch, probe)
         return outs
+    outs, jobs = _predict_jobs(train, Y, masks, K, targets, cfg, name)
+    run_groups(_call, jobs)
+    return outs
+
+
+def _call(job: Callable[[], None]) -> None:
+    job()
+
+
+def _predict_jobs(
+    train: Any,
+    Y: np.ndarray,
+    masks: np.ndarray,
+    K: int,
+    targets: Sequence[tuple[Any, np.ndarray]],
+    cfg: ProbeConfig,
+    name: str,
+) -> tuple[list[np.ndarray], list[Callable[[], None]]]:
+    """:func:`_predict` with the linear probe, as jobs (one per layer group) that fill the
+    returned arrays when run, so that the jobs of several models share the worker threads."""
+    (P, n), F, L = Y.shape, masks.shape[0], len(train)
+    outs = [np.full((L, P, len(a)), -1, np.int64) for _, a in targets]
+    per = _MEM // (n * int(train[0].shape[1]) * 8 * (1 + len(targets)))
 
     def one(ch: range) -> None:
         prep = PreparedLayers([train[i] for i in ch], name=name, layers=ch)
@@ -384,14 +407,17 @@ def _predict(
                 else PreparedLayers([tstack[i] for i in ch], name=name, layers=ch)
             )
             a = np.asarray(assign, np.int64)
-            idx = torch.as_tensor(a.clip(min=0)).expand(P, 1, -1)
-            for j, li in enumerate(ch):
-                pred = fit.log_proba(tp.layer(j), layers=[j])[0].argmax(-1).view(P, F, -1)
-                outs[t][li] = np.where(a[None] >= 0, pred.gather(1, idx)[:, 0].numpy(), -1)
+            for f in range(F):  # each row by the fits of its own fold only
+                rows = np.flatnonzero(a == f)
+                if rows.size == 0:
+                    continue
+                sub = fit.select(slice(f, P * F, F))  # problems (p, f) for every label row p
+                for j, li in enumerate(ch):
+                    lp = sub.log_proba(tp.layer(j).rows(rows), layers=[j])[0]
+                    outs[t][li][:, rows] = lp.argmax(-1).numpy()
 
     # layer groups run side by side; the memory bound holds for all groups in flight together
-    run_groups(one, layer_groups(L, max(1, per // workers())))
-    return outs
+    return outs, [partial(one, ch) for ch in layer_groups(L, max(1, per // workers()))]
 
 
 def _predict_sklearn(
@@ -433,8 +459,19 @@ def _cv(
     for si, s in enumerate(seeds):
         folds = group_folds(g, cfg.n_folds, seed=s)
         masks = np.stack([folds != f for f in range(cfg.n_folds)])
-        for m, st in models.items():
-            pred = _predict(st, Y, masks, K, [(st, folds)], cfg, probe, name)[0]
+        if probe is not None:
+            preds = {
+                m: _predict(st, Y, masks, K, [(st, folds)], cfg, probe, name)[0]
+                for m, st in models.items()
+            }
+        else:  # every model's layer groups in one pool: no core waits at a model's end
+            planned = {
+                m: _predict_jobs(st, Y, masks, K, [(st, folds)], cfg, name)
+                for m, st in models.items()
+            }
+            run_groups(_call, [job for _, jobs in planned.values() for job in jobs])
+            preds = {m: outs[0] for m, (outs, _) in planned.items()}
+        for m, pred in preds.items():
             out[m][:, :, si] = (pred == Y[None]) & (Y[None] >= 0)
     return out
 

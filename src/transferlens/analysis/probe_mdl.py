@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -115,8 +116,29 @@ def _mdl_bits(
                         )
                     bits[li, p, order[a:b]] = -np.log2(pt)
         return bits
+    bits, jobs = _mdl_jobs(stack, Y, order, ends, K, cfg, name)
+    run_groups(lambda job: job(), jobs)
+    return bits
+
+
+def _mdl_jobs(
+    stack: Any,
+    Y: np.ndarray,
+    order: np.ndarray,
+    ends: list[int],
+    K: int,
+    cfg: ProbeConfig,
+    name: str,
+) -> tuple[np.ndarray, list[Callable[[], None]]]:
+    """:func:`_mdl_bits` with the linear probe, as jobs (one per layer group) that fill the
+    returned bits when run, so that the jobs of several models share the worker threads."""
+    L, (P, n) = len(stack), Y.shape
+    bits = np.empty((L, P, n))
+    bits[:, :, order[: ends[0]]] = math.log2(K)
+    Yo = Y[:, order]
+    blocks = list(zip(ends[:-1], ends[1:], strict=True))
     if not blocks:  # everything is sent with the uniform code
-        return bits
+        return bits, []
     # all prefixes share one batched fit (row masks over the largest; each problem reads
     # only its prefix's rows); layer groups run side by side within the memory bound
     top = blocks[-1][0]
@@ -145,8 +167,7 @@ def _mdl_bits(
             ).numpy()
 
     per = _MEM // (n * int(stack[0].shape[1]) * 16) // workers()
-    run_groups(one, layer_groups(L, max(1, per)))
-    return bits
+    return bits, [partial(one, ch) for ch in layer_groups(L, max(1, per))]
 
 
 def mdl_codelength(
@@ -234,9 +255,14 @@ def mdl_probe(
             Y.append(_control_codes(labels, types, g, s, cfg, classes, y)[keep])
         order, ex_ends = _mdl_order(g[keep], s, True)
         ends = _block_ends(n, fractions, ex_ends)
+        planned = {}
         for m, st in models.items():
             sub = st if keep.all() else [np.asarray(st[i])[keep] for i in range(len(ids))]
-            bits[m][:, :, si] = _mdl_bits(sub, np.stack(Y), order, ends, K, cfg, None, task)
+            planned[m] = _mdl_jobs(sub, np.stack(Y), order, ends, K, cfg, task)
+        # every model's layer groups in one pool: no core waits at a model's end
+        run_groups(lambda job: job(), [job for _, jobs in planned.values() for job in jobs])
+        for m, (b, _) in planned.items():
+            bits[m][:, :, si] = b
     tab = _Table(g[keep], cfg)
     for m in models:
         for li, i in enumerate(ids):
