@@ -11,7 +11,8 @@ take far longer than the batched one, so it times every fit of ``--sklearn-layer
 model (evenly spaced, so easy and hard layers are both in it) and extrapolates linearly to all
 layers and models; the batched solver is timed on the same subset too, so the ratio is also
 measured side by side. Wall-clock and process CPU time are both reported: on a machine shared
-with other jobs, compare CPU times (run with ``OMP_NUM_THREADS=1`` so that no thread spins).
+with other jobs, compare CPU times. The batched code fits layer groups on torch's threads (one
+worker per thread); ``OMP_NUM_THREADS=1`` runs them one after the other.
 
 Activations are synthetic: a correlated factor model (64 shared factors + noise, uneven
 feature scales and offsets, like residual streams) with a class signal that grows with depth;

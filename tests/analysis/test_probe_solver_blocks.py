@@ -196,3 +196,22 @@ def test_protocol_results_do_not_depend_on_worker_threads():
         torch.set_num_threads(before)
     assert runs[0][0] == runs[1][0]  # accuracies: the same predictions
     np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-9)
+
+
+def test_mdl_with_missing_labels_equals_mdl_on_the_labelled_rows():
+    rng = np.random.default_rng(5)
+    n, d, L = 300, 8, 2
+    y = rng.integers(0, 3, n)
+    acts = rng.normal(size=(L, n, d)) + np.eye(3)[y] @ rng.normal(size=(3, d))
+    labels = y.astype(object)
+    missing = rng.random(n) < 0.2
+    labels[missing] = None
+    cfg = ProbeConfig(seeds=(0,), n_boot=20, drop_missing=True)
+    both = {"base": acts, "adapted": acts * 2.0}
+    with_missing = mdl_probe(both, labels, config=cfg)
+    kept = {m: a[:, ~missing] for m, a in both.items()}
+    dropped = mdl_probe(kept, y[~missing].astype(object), config=cfg)
+    a = [(r["model"], r["layer"], r["labels"], r["value"]) for r in with_missing.records]
+    b = [(r["model"], r["layer"], r["labels"], r["value"]) for r in dropped.records]
+    assert [x[:3] for x in a] == [x[:3] for x in b]
+    np.testing.assert_allclose([x[3] for x in a], [x[3] for x in b], rtol=1e-9)

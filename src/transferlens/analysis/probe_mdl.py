@@ -69,6 +69,19 @@ def _mdl_order(g: np.ndarray, seed: int, shuffle: bool) -> tuple[np.ndarray, np.
     return order, np.flatnonzero(np.r_[r[1:] != r[:-1], True]) + 1
 
 
+class _KeptRows:
+    """The layers of a stack restricted to some rows, each read when it is used."""
+
+    def __init__(self, stack: Any, keep: np.ndarray) -> None:
+        self.stack, self.keep = stack, keep
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.stack[i])[self.keep]
+
+
 def _block_ends(n: int, fractions: Sequence[float], example_ends: np.ndarray) -> list[int]:
     """Prefix sizes ``max(1, ⌊f·N⌋)``, moved up to the next example boundary, deduplicated."""
     f = np.asarray(fractions, np.float64)
@@ -257,7 +270,7 @@ def mdl_probe(
         ends = _block_ends(n, fractions, ex_ends)
         planned = {}
         for m, st in models.items():
-            sub = st if keep.all() else [np.asarray(st[i])[keep] for i in range(len(ids))]
+            sub = st if keep.all() else _KeptRows(st, keep)
             planned[m] = _mdl_jobs(sub, np.stack(Y), order, ends, K, cfg, task)
         # every model's layer groups in one pool: no core waits at a model's end
         run_groups(lambda job: job(), [job for _, jobs in planned.values() for job in jobs])
