@@ -215,3 +215,22 @@ def test_mdl_with_missing_labels_equals_mdl_on_the_labelled_rows():
     b = [(r["model"], r["layer"], r["labels"], r["value"]) for r in dropped.records]
     assert [x[:3] for x in a] == [x[:3] for x in b]
     np.testing.assert_allclose([x[3] for x in a], [x[3] for x in b], rtol=1e-9)
+
+
+def test_feature_constant_on_the_training_rows_only_gets_scale_one_like_sklearn():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    # a value whose mean over 3000 rows does not round back to itself: the variance formula
+    # leaves ≈ 1e-9 (standardised held-out rows then reach ≈ 1e8)
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(3100, 4)), rng.integers(0, 2, 3100)
+    train = np.arange(3100) < 3000
+    X = np.column_stack([X, np.where(train, 0.1234567, 1.1234567)])  # constant on training rows
+    fit = fit_logistic(X, y, train_mask=train, tol=1e-10)
+    assert fit.scale[0, 0, -1] == 1.0
+    sc = StandardScaler().fit(X[train])
+    assert sc.scale_[-1] == 1.0
+    ref = LogisticRegression(tol=1e-10, max_iter=10_000).fit(sc.transform(X[train]), y[train])
+    want = ref.predict_proba(sc.transform(X))
+    np.testing.assert_allclose(fit.log_proba(X)[0, 0].exp().numpy(), want, atol=1e-5)

@@ -177,6 +177,19 @@ class PreparedLayers:
         return self._gram[li]
 
 
+def _constant(x: torch.Tensor, row_group: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """``(P, d)``: whether each feature takes one value on each problem's training rows
+    (``member``: ``(groups, P)``, nonzero where a row group trains the problem)."""
+    idx = row_group[:, None].expand_as(x)
+    G = member.shape[0]
+    lo = torch.full((G, x.shape[1]), math.inf, dtype=x.dtype).scatter_reduce_(0, idx, x, "amin")
+    hi = torch.full((G, x.shape[1]), -math.inf, dtype=x.dtype).scatter_reduce_(0, idx, x, "amax")
+    used = (member > 0).T[:, :, None]  # (P, groups, 1)
+    pmin = torch.where(used, lo[None], math.inf).amin(1)
+    pmax = torch.where(used, hi[None], -math.inf).amax(1)
+    return pmax <= pmin
+
+
 @dataclass
 class LogisticFit:
     """Fitted parameters of a batch of problems (``L`` layers × ``P`` problems).
@@ -394,7 +407,14 @@ def fit_logistic(
                 sums[1].index_add_(0, row_group, x * x)
                 mu, ex2 = member.T @ sums  # per problem: mean and mean square
                 sd = (ex2 - mu * mu).clamp_min(0.0).sqrt()
-                sd = torch.where(sd <= 1e-12 * (1.0 + mu.abs()), 1.0, sd)
+                # a feature constant on a problem's training rows gets scale 1 (as in
+                # scikit-learn): decided exactly from the rows' range, not from the variance,
+                # whose rounding leaves ≈ 1e-9 there
+                # (only where the variance is near its rounding: elsewhere it cannot be)
+                near = sd <= 1e-6 * ex2.sqrt()
+                if bool(near.any()):
+                    sd = torch.where(near & _constant(x, row_group, member), 1.0, sd)
+                sd = torch.where(sd == 0, 1.0, sd)
             else:
                 mu, sd = (
                     torch.zeros(P, prep.d, dtype=torch.float64),
