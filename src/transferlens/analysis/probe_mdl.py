@@ -95,6 +95,13 @@ def _block_ends(n: int, fractions: Sequence[float], example_ends: np.ndarray) ->
     return out
 
 
+def _uniform_start(L: int, Y: np.ndarray, order: np.ndarray, ends: list[int], K: int):
+    """Bits ``(L, P, n)`` with the first block sent uniformly, labels in MDL order, blocks."""
+    bits = np.empty((L, *Y.shape))
+    bits[:, :, order[: ends[0]]] = math.log2(K)
+    return bits, Y[:, order], list(zip(ends[:-1], ends[1:], strict=True))
+
+
 def _mdl_bits(
     stack: Any,
     Y: np.ndarray,
@@ -106,31 +113,27 @@ def _mdl_bits(
     name: str,
 ) -> np.ndarray:
     """Bits per row ``(L, P, n)`` (input row order) of the online code of each label row."""
-    L, (P, n) = len(stack), Y.shape
-    bits = np.empty((L, P, n))
-    bits[:, :, order[: ends[0]]] = math.log2(K)
-    Yo = Y[:, order]
-    blocks = list(zip(ends[:-1], ends[1:], strict=True))
-    if factory is not None:
-        for li in range(L):
-            X = np.asarray(stack[li], np.float64)[order]
-            for p in range(P):
-                for a, b in blocks:
-                    m = factory()
-                    m.fit(X[:a], Yo[p, :a])
-                    full = np.zeros((b - a, K))
-                    cols = np.asarray(getattr(m, "classes_", np.arange(K)), np.int64)
-                    full[:, cols] = np.asarray(m.predict_proba(X[a:b]), np.float64)
-                    pt = full[np.arange(b - a), Yo[p, a:b]]
-                    if (pt <= 0).any():
-                        raise ValueError(
-                            "the MDL predictor gave probability 0 to a true label "
-                            "(infinite codelength); it must cover all K classes"
-                        )
-                    bits[li, p, order[a:b]] = -np.log2(pt)
+    if factory is None:
+        bits, jobs = _mdl_jobs(stack, Y, order, ends, K, cfg, name)
+        run_groups(lambda job: job(), jobs)
         return bits
-    bits, jobs = _mdl_jobs(stack, Y, order, ends, K, cfg, name)
-    run_groups(lambda job: job(), jobs)
+    bits, Yo, blocks = _uniform_start(len(stack), Y, order, ends, K)
+    for li in range(len(stack)):
+        X = np.asarray(stack[li], np.float64)[order]
+        for p in range(Y.shape[0]):
+            for a, b in blocks:
+                m = factory()
+                m.fit(X[:a], Yo[p, :a])
+                full = np.zeros((b - a, K))
+                cols = np.asarray(getattr(m, "classes_", np.arange(K)), np.int64)
+                full[:, cols] = np.asarray(m.predict_proba(X[a:b]), np.float64)
+                pt = full[np.arange(b - a), Yo[p, a:b]]
+                if (pt <= 0).any():
+                    raise ValueError(
+                        "the MDL predictor gave probability 0 to a true label "
+                        "(infinite codelength); it must cover all K classes"
+                    )
+                bits[li, p, order[a:b]] = -np.log2(pt)
     return bits
 
 
@@ -146,10 +149,7 @@ def _mdl_jobs(
     """:func:`_mdl_bits` with the linear probe, as jobs (one per layer group) that fill the
     returned bits when run, so that the jobs of several models share the worker threads."""
     L, (P, n) = len(stack), Y.shape
-    bits = np.empty((L, P, n))
-    bits[:, :, order[: ends[0]]] = math.log2(K)
-    Yo = Y[:, order]
-    blocks = list(zip(ends[:-1], ends[1:], strict=True))
+    bits, Yo, blocks = _uniform_start(L, Y, order, ends, K)
     if not blocks:  # everything is sent with the uniform code
         return bits, []
     # all prefixes share one batched fit (row masks over the largest; each problem reads
