@@ -36,7 +36,8 @@ def _row_blocks(train: np.ndarray, min_rows: int = 256) -> tuple[np.ndarray, lis
         ``rows``: the rows some problem trains on, block after block (in order of first
         row); ``blocks``: ``(lo, hi, problems)`` — positions ``lo..hi`` of ``rows`` enter only
         ``problems`` (sorted indices). Cross-validation folds give one block per fold (each
-        fold's problems skip its held-out rows), MDL prefixes one block per prefix step.
+        fold's problems skip its held-out rows), MDL prefixes one block per prefix step (steps
+        under ``min_rows`` merged).
     """
     used = np.flatnonzero(train.any(0))
     if used.size == 0:

@@ -18,7 +18,7 @@ import numpy as np
 
 from transferlens.analysis.probing import PreparedLayers, _as_stack, encode_labels, fit_logistic
 from transferlens.analysis.stats import Units, percentile_interval, seed_summary, unit_draws
-from transferlens.analysis.workers import layer_groups, run_groups, workers
+from transferlens.analysis.workers import layer_groups, run_jobs, workers
 from transferlens.results import AnalysisResult
 
 logger = logging.getLogger(__name__)
@@ -364,12 +364,8 @@ def _predict(
             _predict_sklearn(train, Y, masks, targets, outs, ch, probe)
         return outs
     outs, jobs = _predict_jobs(train, Y, masks, K, targets, cfg, name)
-    run_groups(_call, jobs)
+    run_jobs(jobs)
     return outs
-
-
-def _call(job: Callable[[], None]) -> None:
-    job()
 
 
 def _predict_jobs(
@@ -469,7 +465,7 @@ def _cv(
                 m: _predict_jobs(st, Y, masks, K, [(st, folds)], cfg, name)
                 for m, st in models.items()
             }
-            run_groups(_call, [job for _, jobs in planned.values() for job in jobs])
+            run_jobs(job for _, jobs in planned.values() for job in jobs)
             preds = {m: outs[0] for m, (outs, _) in planned.items()}
         for m, pred in preds.items():
             out[m][:, :, si] = (pred == Y[None]) & (Y[None] >= 0)

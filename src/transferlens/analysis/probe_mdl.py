@@ -24,7 +24,7 @@ from transferlens.analysis.probe_common import (
     _Table,
 )
 from transferlens.analysis.probing import PreparedLayers, encode_labels, fit_logistic
-from transferlens.analysis.workers import layer_groups, run_groups, workers
+from transferlens.analysis.workers import layer_groups, run_jobs, workers
 from transferlens.results import AnalysisResult
 
 __all__ = ["MDLCode", "mdl_codelength", "mdl_probe"]
@@ -115,7 +115,7 @@ def _mdl_bits(
     """Bits per row ``(L, P, n)`` (input row order) of the online code of each label row."""
     if factory is None:
         bits, jobs = _mdl_jobs(stack, Y, order, ends, K, cfg, name)
-        run_groups(lambda job: job(), jobs)
+        run_jobs(jobs)
         return bits
     bits, Yo, blocks = _uniform_start(len(stack), Y, order, ends, K)
     for li in range(len(stack)):
@@ -273,7 +273,7 @@ def mdl_probe(
             sub = st if keep.all() else _KeptRows(st, keep)
             planned[m] = _mdl_jobs(sub, np.stack(Y), order, ends, K, cfg, task)
         # every model's layer groups in one pool: no core waits at a model's end
-        run_groups(lambda job: job(), [job for _, jobs in planned.values() for job in jobs])
+        run_jobs(job for _, jobs in planned.values() for job in jobs)
         for m, (b, _) in planned.items():
             bits[m][:, :, si] = b
     tab = _Table(g[keep], cfg)

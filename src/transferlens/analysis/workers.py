@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["layer_groups", "run_groups", "workers"]
+__all__ = ["layer_groups", "run_groups", "run_jobs", "workers"]
 
 T = TypeVar("T")
 
@@ -71,3 +71,13 @@ def run_groups(fn: Callable[[T], None], groups: Iterable[T]) -> None:
             for fut in futures:
                 fut.cancel()
             raise
+
+
+def _call(job: Callable[[], None]) -> None:
+    job()
+
+
+def run_jobs(jobs: Iterable[Callable[[], None]]) -> None:
+    """:func:`run_groups` for jobs that take no argument (one per layer group, possibly of
+    several models: they share the workers)."""
+    run_groups(_call, jobs)
