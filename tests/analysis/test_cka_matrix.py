@@ -61,7 +61,7 @@ def test_rbf_matrix_equals_per_pair_loop(debiased):
 
 
 def test_small_blocks_and_wide_layers_give_the_same_matrix():
-    # tiny memory blocks force one slab per layer (features) and 32-row blocks (kernels:
+    # tiny memory blocks force one slab per layer (features) and 32 × 32 panels (kernels:
     # 600 rows -> 18 blocks of 32 and one of 24); n < p for the second case
     for n, wa, wb in ((600, (90, 60, 75), (50, 80)), (40, (90, 60), (120,))):
         A, Z = layers(4, n=n, widths=wa)

@@ -4,16 +4,10 @@ Both reduce (as does :mod:`transferlens.analysis.minibatch_cka`) to one quantity
 layers ``(i, j)``: the inner product of the two centred linear kernels,
 ``⟨K_i, L_j⟩ = ‖A_iᵀB_j‖²_F`` (or, for RBF, of the centred RBF kernels), plus a few per-layer
 vectors for the unbiased estimator. It is computed once per
-pair, with every layer centred and scaled once, in one of two exact ways:
-
-* ``"features"``: ``A_iᵀ [B_1 … B_M]`` for a slab of A layers at a time (one large matrix
-  product), squared and summed per block — ``O(n·p²)`` per pair, no ``n × n`` matrix;
-* ``"gram"``: row blocks of the linear kernels ``A_i[r] A_iᵀ`` (upper triangle only) for every
-  layer, paired row by row — ``O(n²·p)`` per layer plus ``O(n²)`` per pair, and
-  only ``block × n`` slices of the kernels in memory. Each row's products are summed in the
-  products' dtype (at most ``n`` terms), the rows in float64.
-
-On CPU the large products run through NumPy's BLAS (:mod:`transferlens.analysis.blas`).
+pair, with every layer centred and scaled once, in one of two exact ways (see
+:mod:`transferlens.analysis.cka_linear`): ``"features"`` (``O(n·p²)`` per pair, no
+``n × n`` matrix) or ``"gram"`` (panels of every layer's kernel, ``O(n²·p)`` per layer plus
+``O(n²)`` per pair).
 
 ``method="auto"`` takes whichever needs fewer operations. The unbiased HSIC of the linear
 kernel has a feature-space form (see :func:`transferlens.analysis.similarity._debiased_dot`),
@@ -32,18 +26,23 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import torch
 
-from transferlens.analysis.blas import blas_threads, matmul
+from transferlens.analysis.blas import blas_threads
+from transferlens.analysis.cka_linear import (
+    _Prepared,
+    _validated,
+    feature_inner,
+    gram_inner,
+    self_inner,
+)
 from transferlens.analysis.similarity import (
     ArrayLike,
     Kind,
     _center_gram,
-    _check_not_constant,
     _debiased_dot,
     _median_all,
     _sq_distances,
     _where,
     as_features,
-    check_all_finite,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,10 +52,8 @@ __all__ = ["cka_matrix", "cka_matrix_by_group", "hsic_matrix"]
 Method = Literal["auto", "features", "gram"]
 Layers: TypeAlias = "Sequence[ArrayLike] | ArrayLike"
 
-_BLOCK_BYTES = 256 * 2**20  # features: one slab of cross-products
-_KERNEL_BYTES = 2**30  # kernels: the row blocks of every layer's kernel, both models
 _GRAM_BYTES = 2 * 2**30
-_GRAM_COST = 1.2  # measured (2-core CPU): kernel blocks + pairing cost ~1.2× per flop
+_GRAM_COST = 1.2  # measured (2-core CPU): a kernel-panel flop costs 0.9-1.4× a feature flop
 
 
 def _layer_list(A: Any, arg: str, name: str | None) -> list[Any]:
@@ -75,205 +72,22 @@ def _layer_list(A: Any, arg: str, name: str | None) -> list[Any]:
     return layers
 
 
-def _validated(
-    layers: list[Any],
-    arg: str,
-    name: str | None,
-    device: Any,
-    n: int | None,
-    dtype: torch.dtype | None = torch.float64,
-):
-    """Yield each layer validated as a tensor (float64, or with ``dtype=None`` float32/float64
-    as given, other dtypes as float64), checking a common number of rows. With ``dtype=None``
-    the caller checks that the values are finite (:func:`check_all_finite`)."""
-    fast = dtype is None
-    for i, layer in enumerate(layers):
-        dt = dtype
-        if dt is None:
-            given = getattr(layer, "dtype", None)
-            dt = torch.float32 if given in (torch.float32, np.float32) else torch.float64
-        t = as_features(
-            layer, arg=f"{arg}[{i}]", name=name, dtype=dt, device=device, check_finite=not fast
-        )
-        if n is not None and t.shape[0] != n:
-            raise ValueError(
-                f"{_where(name)}{arg}[{i}] has {t.shape[0]} rows (examples) but the first layer "
-                f"has {n}; every layer of both models must hold the same examples"
-            )
-        _check_not_constant(t, f"{arg}[{i}]", name)
-        n = t.shape[0]
-        yield t
+def _widths(layers: list[Any]) -> list[int]:
+    # not-2-D layers count as width 0 here and get a clear error from the validation
+    return [int(np.shape(x)[-1]) if np.ndim(x) == 2 else 0 for x in layers]
 
 
-_ROWS = 1024  # rows centred at a time (float64 temporaries stay small)
-
-
-class _Prepared:
-    """Layers centred (in float64) and scaled to unit Frobenius norm, side by side in one
-    ``n × P`` matrix of ``dtype``."""
-
-    def __init__(
-        self,
-        layers: list[Any],
-        arg: str,
-        name: str | None,
-        dtype: torch.dtype,
-        device: Any,
-        n: int | None,
-    ):
-        # not-2-D layers get width 0 here and a clear error from the validation below
-        widths = [int(np.shape(layer)[-1]) if np.ndim(layer) == 2 else 0 for layer in layers]
-        self.widths: list[int] = []
-        self.offsets = [0, *np.cumsum(widths).tolist()]
-        scale2, rows = [], []
-        self.cat = torch.empty(0)
-        for i, t in enumerate(_validated(layers, arg, name, device, n, dtype=None)):
-            m = t.shape[0]
-            if i == 0:
-                self.cat = torch.empty(m, self.offsets[-1], dtype=dtype, device=t.device)
-            out = self.cat[:, self.offsets[i] : self.offsets[i + 1]]
-            mu = torch.zeros(t.shape[1], dtype=torch.float64, device=t.device)
-            for r0 in range(0, m, _ROWS):
-                mu += t[r0 : r0 + _ROWS].to(torch.float64).sum(0)
-            check_all_finite(t, f"{arg}[{i}]", name, total=mu.sum())
-            mu /= m
-            r = torch.empty(m, dtype=torch.float64, device=t.device)
-            for r0 in range(0, m, _ROWS):
-                c = t[r0 : r0 + _ROWS].to(torch.float64) - mu
-                r[r0 : r0 + _ROWS] = torch.linalg.vector_norm(c, dim=1).square_()
-                out[r0 : r0 + _ROWS] = c
-            fro2 = r.sum()
-            out.mul_(fro2.rsqrt().to(dtype))
-            rows.append(r / fro2)
-            scale2.append(1.0 / fro2)
-            self.widths.append(t.shape[1])
-        self.n = self.cat.shape[0]
-        self.scale2 = torch.stack(scale2)  # c_i² with c_i = 1/‖A_i‖_F
-        self.r = torch.stack(rows)  # L × n, row squared norms (scaled)
-        self.f = self.r.sum(1)  # squared Frobenius norms (scaled; = 1 up to rounding)
-        self.col_layer = torch.repeat_interleave(
-            torch.arange(len(self.widths), device=self.cat.device),
-            torch.tensor(self.widths, device=self.cat.device),
-        )
-
-    @property
-    def L(self) -> int:
-        return len(self.widths)
-
-    def layer(self, i: int) -> torch.Tensor:
-        return self.cat[:, self.offsets[i] : self.offsets[i + 1]]
-
-
-def _feature_inner(a: _Prepared, b: _Prepared, sym: bool, block_bytes: int | None) -> torch.Tensor:
-    """``P_ij = ‖A_iᵀB_j‖²_F`` from slabs ``A_slabᵀ B_cat`` (columns j >= i only if sym)."""
-    block_bytes = _BLOCK_BYTES if block_bytes is None else block_bytes
-    P = torch.zeros(a.L, b.L, dtype=torch.float64, device=a.cat.device)
-    item = max(a.cat.element_size(), 8)
-    i = 0
-    while i < a.L:
-        c0 = b.offsets[i] if sym else 0
-        width_cap = max(1, block_bytes // (item * max(1, b.cat.shape[1] - c0)))
-        j = i + 1
-        while j < a.L and a.offsets[j + 1] - a.offsets[i] <= width_cap:
-            j += 1
-        C = matmul(a.cat[:, a.offsets[i] : a.offsets[j]].T, b.cat[:, c0:])
-        C = C.to(torch.float64).square_()
-        row_layer = a.col_layer[a.offsets[i] : a.offsets[j]] - i
-        first = i if sym else 0
-        rows = torch.zeros(j - i, C.shape[1], dtype=torch.float64, device=C.device)
-        rows.index_add_(0, row_layer, C)
-        del C
-        block = torch.zeros(j - i, b.L - first, dtype=torch.float64, device=rows.device)
-        block.index_add_(1, b.col_layer[c0:] - first, rows)
-        P[i:j, first:] = block
-        i = j
-    if sym:
-        P = torch.triu(P) + torch.triu(P, 1).T
-    return P
-
-
-def _self_inner(a: _Prepared) -> torch.Tensor:
-    out = []
-    for i in range(a.L):
-        t = a.layer(i)
-        g = matmul(t, t.T) if a.n < t.shape[1] else matmul(t.T, t)
-        out.append(g.to(torch.float64).square().sum())
-    return torch.stack(out)
-
-
-def _kernel_rows(x: _Prepared, r0: int, r1: int, out: torch.Tensor) -> None:
-    """Rows ``r0:r1`` of every layer's linear kernel, columns ``r0:`` (upper triangle)."""
-    for i in range(x.L):
-        t = x.layer(i)
-        matmul(t[r0:r1], t[r0:].T, out=out[i])
-
-
-def _paired(ka: torch.Tensor, kb: torch.Tensor) -> torch.Tensor:
-    """``Σ_{r,c} ka[i, r, c] · kb[j, r, c]`` for every ``(i, j)``: one product per row ``r``
-    (sums of at most ``n`` terms in the products' dtype), rows summed in float64."""
-    return matmul(ka.transpose(0, 1), kb.permute(1, 2, 0)).sum(0, dtype=torch.float64)
-
-
-def _row_sq(k: torch.Tensor) -> torch.Tensor:
-    """``Σ_{r,c} k[i, r, c]²`` per layer ``i``: per-row dot products, rows summed in float64."""
-    L, w, m = k.shape
-    rows = matmul(k.reshape(L * w, 1, m), k.reshape(L * w, m, 1))
-    return rows.view(L, w).sum(1, dtype=torch.float64)
-
-
-def _gram_inner(a: _Prepared, b: _Prepared | None, block_bytes: int | None):
-    """``⟨K_i, L_j⟩`` and the self terms from row blocks of the upper-triangle kernels.
-
-    For rows ``r0:r1`` each layer's kernel rows ``K_i[r0:r1, r0:]`` come from one product;
-    the block on the diagonal counts once and the blocks right of it twice (the
-    kernels are symmetric), so ``⟨K, L⟩ = 2·⟨upper rows⟩ − ⟨diagonal blocks⟩`` summed over
-    blocks.
-    """
-    n, dev, dt = a.n, a.cat.device, a.cat.dtype
-    nl = a.L + (0 if b is None else b.L)
-    block_bytes = _KERNEL_BYTES if block_bytes is None else block_bytes
-    # at least 32 rows per block (thinner products run far below the machine's peak); the
-    # default budget gives a few hundred rows at n = 10k
-    bsz = int(min(n, max(32, block_bytes // (nl * n * a.cat.element_size()))))
-    buf_a = torch.empty(a.L * bsz * n, dtype=dt, device=dev)
-    buf_b = None if b is None else torch.empty(b.L * bsz * n, dtype=dt, device=dev)
-    P = torch.zeros(a.L, a.L if b is None else b.L, dtype=torch.float64, device=dev)
-    sa = torch.zeros(a.L, dtype=torch.float64, device=dev)
-    sb = None if b is None else torch.zeros(b.L, dtype=torch.float64, device=dev)
-
-    def self_terms(k: torch.Tensor, w: int) -> torch.Tensor:
-        return 2.0 * _row_sq(k) - _row_sq(k[:, :, :w].contiguous())
-
-    for r0 in range(0, n, bsz):
-        r1 = min(n, r0 + bsz)
-        w, m = r1 - r0, n - r0
-        ka = buf_a[: a.L * w * m].view(a.L, w, m)
-        _kernel_rows(a, r0, r1, ka)
-        if b is None:
-            kb = ka
-        else:
-            kb = buf_b[: b.L * w * m].view(b.L, w, m)
-            _kernel_rows(b, r0, r1, kb)
-        P += 2.0 * _paired(ka, kb) - _paired(ka[:, :, :w], kb[:, :, :w])
-        sa += self_terms(ka, w)
-        if b is not None:
-            sb += self_terms(kb, w)
-    return P, sa, sa if b is None else sb
-
-
-def _choose(method: Method, n: int, a: _Prepared, b: _Prepared | None) -> str:
-    if method in ("features", "gram"):
-        return method
+def _choose(method: Method, n: int, wa: list[int], wb: list[int] | None) -> str:
     if method != "auto":
-        raise ValueError(f"method must be 'auto', 'features' or 'gram'; got {method!r}")
-    wa = np.asarray(a.widths, dtype=float)
-    if b is None:
-        feat = n * wa.sum() ** 2
-        gram = _GRAM_COST * n**2 * (wa.sum() + a.L**2)
+        return method
+    a = np.asarray(wa, dtype=float)
+    if wb is None:
+        feat = n * a.sum() ** 2
+        gram = _GRAM_COST * n**2 * (a.sum() + a.size**2)
     else:
-        wb = np.asarray(b.widths, dtype=float)
-        feat = 2 * n * (wa.sum() * wb.sum() + (wa**2).sum() + (wb**2).sum())
-        gram = _GRAM_COST * n**2 * (wa.sum() + wb.sum() + a.L * b.L + a.L + b.L)
+        b = np.asarray(wb, dtype=float)
+        feat = 2 * n * (a.sum() * b.sum() + (a**2).sum() + (b**2).sum())
+        gram = _GRAM_COST * n**2 * (a.sum() + b.sum() + a.size * b.size + a.size + b.size)
     return "gram" if gram < feat else "features"
 
 
@@ -285,20 +99,24 @@ def _check_unbiased_n(unbiased: bool, n: int, name: str | None) -> None:
 
 
 def _linear_terms(la, lb, *, unbiased, dtype, device, method, name, block_bytes):
-    a = _Prepared(la, "A", name, dtype, device, None)
-    b = None if lb is None else _Prepared(lb, "B", name, dtype, a.cat.device, a.n)
+    if method not in ("auto", "features", "gram"):
+        raise ValueError(f"method must be 'auto', 'features' or 'gram'; got {method!r}")
+    n0 = int(np.shape(la[0])[0]) if np.ndim(la[0]) == 2 else 0
+    how = _choose(method, n0, _widths(la), None if lb is None else _widths(lb))
+    layout = "cat" if how == "features" else "layers"
+    a = _Prepared(la, "A", name, dtype, device, None, layout)
+    b = None if lb is None else _Prepared(lb, "B", name, dtype, a.device, a.n, layout)
     n = a.n
     _check_unbiased_n(unbiased, n, name)
-    how = _choose(method, n, a, b)
     logger.debug(
         "linear CKA terms for %d × %d layers, n=%d, via %s", a.L, a.L if b is None else b.L, n, how
     )
     if how == "features":
-        P = _feature_inner(a, a if b is None else b, b is None, block_bytes)
-        sa = torch.diagonal(P).clone() if b is None else _self_inner(a)
-        sb = sa if b is None else _self_inner(b)
+        P = feature_inner(a, a if b is None else b, b is None, block_bytes)
+        sa = torch.diagonal(P).clone() if b is None else self_inner(a)
+        sb = sa if b is None else self_inner(b)
     else:
-        P, sa, sb = _gram_inner(a, b, block_bytes)
+        P, sa, sb = gram_inner(a, b, block_bytes)
     bb = a if b is None else b
     if unbiased:
         P = _debiased_dot(P, a.r @ bb.r.T, a.f[:, None] * bb.f[None, :], n)
@@ -460,14 +278,16 @@ def cka_matrix(
         dtype: dtype of the large matrix products. float64 by default; ``torch.float32``
             halves the memory of the layer copies and about halves the time on a CPU (more
             where fp32 is much faster, e.g. GPUs), at ~1e-8 absolute error in CKA in the
-            benchmark (centring, scaling and all sums of products stay in float64).
+            benchmark (centring and scaling stay in float64, and the products are summed in
+            float32 over at most a few thousand terms, then in float64).
         device: where to compute (``None``: the first layer's device; numpy -> CPU).
         method: ``"features"``, ``"gram"`` or ``"auto"`` (linear only; see module docs).
         name: label of the data for error messages.
         block_bytes: memory for the intermediate products: one slab of cross-products
-            (``"features"``; default 256 MiB) or the row blocks of all layers' kernels
-            (``"gram"``; default 1 GiB, and never fewer than 32 rows per block: at n = 10k
-            and 60 layers in float32 that is ≈ 450 rows, ≈ 1 GiB beside the layers' copies).
+            (``"features"``; default 256 MiB) or one panel of every layer's kernel
+            (``"gram"``; default 512 MiB, panels of 32 × 32 to 1024 × 2048; each worker
+            thread holds one such buffer: at n = 10k, 60 layers in float32 and 2 threads,
+            panels of 1000 × 2048, ≈ 1 GiB beside the layers' copies).
         max_gram_bytes: memory the RBF kernels may take.
 
     Returns:
