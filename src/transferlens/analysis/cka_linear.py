@@ -177,11 +177,13 @@ class _Prepared:
         r = self.r[i]
         if _on_numpy(t) and _on_numpy(out):  # the same in NumPy, 2-3× faster on one thread
             tn, outn, mun, rn = t.numpy(), out.numpy(), mu.numpy(), r.numpy()
+            buf = np.empty((min(n, _ROWS), t.shape[1]))  # reused: no allocation per block
             for r0 in range(0, n, _ROWS):
-                c = tn[r0 : r0 + _ROWS].astype(np.float64)
-                c -= mun
-                rn[r0 : r0 + _ROWS] = np.einsum("ij,ij->i", c, c)
-                outn[r0 : r0 + _ROWS] = c
+                r1 = min(n, r0 + _ROWS)
+                c = buf[: r1 - r0]
+                np.subtract(tn[r0:r1], mun, out=c)
+                np.einsum("ij,ij->i", c, c, out=rn[r0:r1])
+                outn[r0:r1] = c
         else:
             for r0 in range(0, n, _ROWS):
                 c = t[r0 : r0 + _ROWS].to(torch.float64) - mu
