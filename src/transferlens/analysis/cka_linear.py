@@ -115,8 +115,8 @@ class _Prepared:
 
     ``layout="cat"`` puts them side by side in one ``n × P`` matrix (``.cat``, for the slab
     products of the feature method); ``"layers"`` stores each layer's ``n × p_i`` block
-    contiguously (rows of one layer adjacent, for the kernel panels). Layers are prepared on
-    the worker threads.
+    contiguously (rows of one layer adjacent, for the kernel panels). On CPU, layers are
+    prepared on the worker threads.
     """
 
     def __init__(
@@ -149,7 +149,11 @@ class _Prepared:
         def job(i: int):
             return lambda: self._prepare(i, layers[i], arg, name, dev, rows)
 
-        run_jobs(job(i) for i in range(L))
+        if dev.type == "cpu":
+            run_jobs(job(i) for i in range(L))
+        else:  # one stream of device work
+            for i in range(L):
+                job(i)()
         self.f = self.r.sum(1)  # squared Frobenius norms (scaled; = 1 up to rounding)
 
     @property
