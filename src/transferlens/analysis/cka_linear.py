@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -86,6 +86,22 @@ def _validated(
         yield t
 
 
+def layer_widths(layers: list[Any]) -> list[int]:
+    """Each layer's number of columns; a layer that is not 2-D counts as 0 here and gets a
+    clear error from the validation."""
+    return [int(np.shape(x)[-1]) if np.ndim(x) == 2 else 0 for x in layers]
+
+
+def _run(jobs: list[Callable[[], None]], device: torch.device) -> None:
+    """Run the jobs on the worker threads on CPU; one after another on other devices (one
+    stream of device work)."""
+    if device.type == "cpu":
+        run_jobs(jobs)
+    else:
+        for job in jobs:
+            job()
+
+
 def _device_of(layer: Any, device: Any) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -129,11 +145,11 @@ class _Prepared:
         n: int | None,
         layout: str = "cat",
     ):
-        shapes = [np.shape(layer) for layer in layers]
-        # not-2-D layers get width 0 here and a clear error from the validation below
-        self.widths = [int(s[-1]) if len(s) == 2 else 0 for s in shapes]
+        self.widths = layer_widths(layers)
         self.offsets = [0, *np.cumsum(self.widths).tolist()]
-        rows = n if n is not None else (int(shapes[0][0]) if len(shapes[0]) == 2 else 0)
+        rows = (
+            n if n is not None else (int(np.shape(layers[0])[0]) if np.ndim(layers[0]) == 2 else 0)
+        )
         self.n = rows
         self.layout = layout
         dev = _device_of(layers[0], device)
@@ -149,11 +165,7 @@ class _Prepared:
         def job(i: int):
             return lambda: self._prepare(i, layers[i], arg, name, dev, rows)
 
-        if dev.type == "cpu":
-            run_jobs(job(i) for i in range(L))
-        else:  # one stream of device work
-            for i in range(L):
-                job(i)()
+        _run([job(i) for i in range(L)], dev)
         self.f = self.r.sum(1)  # squared Frobenius norms (scaled; = 1 up to rounding)
 
     @property
@@ -319,8 +331,7 @@ def gram_inner(
     n, dev, dt = a.n, a.device, a.flat.dtype
     la = a.L
     nl = la + (0 if b is None else b.L)
-    cpu = dev.type == "cpu"
-    threads = workers() if cpu else 1
+    threads = workers() if dev.type == "cpu" else 1
     block_bytes = _KERNEL_BYTES if block_bytes is None else block_bytes
     w, c = panel_sides(n, nl, a.flat.element_size(), block_bytes)
     work = panels(n, w, c)
@@ -348,16 +359,11 @@ def gram_inner(
         finally:
             buffers.put(buf)
 
-    jobs = [lambda k=k: panel(k) for k in range(len(work))]
-    if cpu:
-        # largest panels first, so that the threads finish together
-        order = sorted(
-            range(len(work)), key=lambda k: -(work[k][1] - work[k][0]) * (work[k][3] - work[k][2])
-        )
-        run_jobs(jobs[k] for k in order)
-    else:
-        for job in jobs:
-            job()
+    # largest panels first, so that the threads finish together
+    order = sorted(
+        range(len(work)), key=lambda k: -(work[k][1] - work[k][0]) * (work[k][3] - work[k][2])
+    )
+    _run([lambda k=k: panel(k) for k in order], dev)
     P = torch.zeros(la, la if b is None else b.L, dtype=torch.float64, device=dev)
     s = torch.zeros(nl, dtype=torch.float64, device=dev)
     for part in parts:  # in panel order, whatever thread computed it

@@ -32,6 +32,7 @@ from transferlens.analysis.cka_linear import (
     _validated,
     feature_inner,
     gram_inner,
+    layer_widths,
     self_inner,
 )
 from transferlens.analysis.similarity import (
@@ -72,11 +73,6 @@ def _layer_list(A: Any, arg: str, name: str | None) -> list[Any]:
     return layers
 
 
-def _widths(layers: list[Any]) -> list[int]:
-    # not-2-D layers count as width 0 here and get a clear error from the validation
-    return [int(np.shape(x)[-1]) if np.ndim(x) == 2 else 0 for x in layers]
-
-
 def _choose(method: Method, n: int, wa: list[int], wb: list[int] | None) -> str:
     if method != "auto":
         return method
@@ -102,7 +98,7 @@ def _linear_terms(la, lb, *, unbiased, dtype, device, method, name, block_bytes)
     if method not in ("auto", "features", "gram"):
         raise ValueError(f"method must be 'auto', 'features' or 'gram'; got {method!r}")
     n0 = int(np.shape(la[0])[0]) if np.ndim(la[0]) == 2 else 0
-    how = _choose(method, n0, _widths(la), None if lb is None else _widths(lb))
+    how = _choose(method, n0, layer_widths(la), None if lb is None else layer_widths(lb))
     layout = "cat" if how == "features" else "layers"
     a = _Prepared(la, "A", name, dtype, device, None, layout)
     b = None if lb is None else _Prepared(lb, "B", name, dtype, a.device, a.n, layout)
