@@ -52,12 +52,17 @@ ModelLike = ModelHandle | nn.Module | str | os.PathLike
 
 
 # --------------------------------------------------------------------------- spectra
+def _cpu64(singular_values: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """|σ| as a float64 CPU tensor (spectra are short; on the CPU, whatever device made them)."""
+    return torch.as_tensor(singular_values).detach().to("cpu", torch.float64).abs()
+
+
 def effective_rank(singular_values: torch.Tensor | np.ndarray) -> float:
     """Roy & Vetterli (2007) effective rank ``exp(−Σ p_i log p_i)``, ``p = σ / ‖σ‖₁``.
 
     Returns 0 when all singular values are zero.
     """
-    s = torch.as_tensor(singular_values, dtype=torch.float64).abs()
+    s = _cpu64(singular_values)
     total = s.sum()
     if total <= 0:
         return 0.0
@@ -70,8 +75,7 @@ def energy_rank(singular_values: torch.Tensor | np.ndarray, energy: float) -> in
     (0 when all are zero)."""
     if not 0 < energy <= 1:
         raise ValueError(f"energy={energy} must be in (0, 1]")
-    s = torch.as_tensor(singular_values, dtype=torch.float64).abs()
-    s = torch.sort(s, descending=True).values
+    s = torch.sort(_cpu64(singular_values), descending=True).values
     e = s.pow(2)
     total = e.sum()
     if total <= 0:
