@@ -473,3 +473,33 @@ def test_read_only_memmap_is_copied_not_shared(tmp_path):
     t += 1.0  # writing to the tensor must not touch the read-only store
     assert float(np.load(path).sum()) == float(np.arange(12).sum())
     assert float(t.sum()) == float(np.arange(12).sum()) + 12
+
+
+def test_read_only_memmap_is_shared_when_the_caller_only_reads(tmp_path):
+    import warnings
+
+    from transferlens.analysis.similarity import as_features
+
+    path = tmp_path / "acts.npy"
+    np.save(path, np.arange(12, dtype=np.float32).reshape(4, 3))
+    mm = np.load(path, mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = as_features(mm, dtype=torch.float32, copy_read_only=False)
+    assert np.shares_memory(t.numpy(), mm)  # no copy of the store
+    assert torch.equal(t, torch.from_numpy(np.arange(12, dtype=np.float32).reshape(4, 3)))
+
+
+@pytest.mark.parametrize("method", ["features", "gram"])
+def test_cka_matrix_reads_memmapped_layers_without_writing_them(tmp_path, method):
+    from transferlens.analysis.cka_matrix import cka_matrix
+
+    rng = np.random.default_rng(3)
+    stack = rng.standard_normal((3, 40, 6)).astype(np.float32) + 5.0  # offsets: centring matters
+    path = tmp_path / "layers.npy"
+    np.save(path, stack)
+    mm = np.load(path, mmap_mode="r")
+    got = cka_matrix(list(mm), list(mm[::-1]), method=method, dtype=torch.float32)
+    want = cka_matrix(list(stack), list(stack[::-1]), method=method, dtype=torch.float32)
+    assert np.array_equal(got, want)
+    assert np.array_equal(np.load(path), stack)  # the store is unchanged

@@ -50,17 +50,30 @@ _MAX_ROWS, _MAX_COLS = 1024, 2048  # ... and at most 1024 × 2048 (larger ones r
 
 
 def _validate_one(
-    layer: Any, arg: str, name: str | None, device: Any, n: int | None, dtype: torch.dtype | None
+    layer: Any,
+    arg: str,
+    name: str | None,
+    device: Any,
+    n: int | None,
+    dtype: torch.dtype | None,
+    read_only: bool = False,
 ) -> torch.Tensor:
     """One layer as a tensor (``dtype``, or with ``dtype=None`` float32/float64 as given and
     other dtypes as float64), with ``n`` rows if given and not constant. With ``dtype=None``
-    the caller checks that the values are finite (:func:`check_all_finite`)."""
+    the caller checks that the values are finite (:func:`check_all_finite`). ``read_only``:
+    the caller only reads the tensor, so read-only (memory-mapped) input is not copied."""
     dt = dtype
     if dt is None:
         given = getattr(layer, "dtype", None)
         dt = torch.float32 if given in (torch.float32, np.float32) else torch.float64
     t = as_features(
-        layer, arg=arg, name=name, dtype=dt, device=device, check_finite=dtype is not None
+        layer,
+        arg=arg,
+        name=name,
+        dtype=dt,
+        device=device,
+        check_finite=dtype is not None,
+        copy_read_only=not read_only,
     )
     if n is not None and t.shape[0] != n:
         raise ValueError(
@@ -183,7 +196,7 @@ class _Prepared:
         return self.flat[self.n * a : self.n * b].view(self.n, b - a)
 
     def _prepare(self, i: int, layer: Any, arg: str, name: str | None, dev, n: int) -> None:
-        t = _validate_one(layer, f"{arg}[{i}]", name, dev, n, None)
+        t = _validate_one(layer, f"{arg}[{i}]", name, dev, n, None, read_only=True)
         out = self.layer(i)
         mu = torch.zeros(t.shape[1], dtype=torch.float64, device=t.device)
         for r0 in range(0, n, _ROWS):

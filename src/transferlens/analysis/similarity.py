@@ -86,6 +86,7 @@ def as_features(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     check_finite: bool = True,
+    copy_read_only: bool = True,
 ) -> torch.Tensor:
     """Validate an ``n × p`` activation matrix and return it as a detached tensor.
 
@@ -98,6 +99,8 @@ def as_features(
         device: device of the returned tensor; ``None`` keeps a tensor's device (numpy -> CPU).
         check_finite: check for NaN/inf (callers that sum every value anyway pass ``False``
             and call :func:`check_all_finite` with that sum).
+        copy_read_only: copy read-only memory (a memory-mapped store) that the conversion
+            would otherwise hand out as is; callers that only read the tensor pass ``False``.
 
     Returns:
         ``n × p`` tensor of ``dtype``.
@@ -118,7 +121,7 @@ def as_features(
         )
     src = t.data_ptr()
     t = t.to(device=device if device is not None else t.device, dtype=dtype)
-    if read_only and t.data_ptr() == src:  # never hand out read-only memory as a tensor
+    if copy_read_only and read_only and t.data_ptr() == src:  # no writable view of it
         t = t.clone()
     if check_finite:
         check_all_finite(t, arg, name)
