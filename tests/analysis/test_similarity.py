@@ -463,7 +463,7 @@ def test_retrieval_errors():
 def test_read_only_memmap_is_copied_unless_the_caller_only_reads(tmp_path, copy):
     import warnings
 
-    from transferlens.analysis.similarity import as_features
+    from transferlens.analysis.validate import as_features
 
     path = tmp_path / "acts.npy"
     values = np.arange(12, dtype=np.float64).reshape(4, 3)

@@ -19,7 +19,7 @@ import torch
 from scipy.spatial.distance import pdist
 from scipy.stats import spearmanr
 
-from transferlens.analysis.similarity import ArrayLike, _where, check_pair
+from transferlens.analysis.validate import ArrayLike, _where, check_pair
 
 __all__ = ["procrustes_distance", "retrieval_accuracy", "retrieval_hits", "rsa"]
 

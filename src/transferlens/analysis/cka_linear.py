@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from transferlens.analysis.blas import matmul
-from transferlens.analysis.similarity import (
+from transferlens.analysis.validate import (
     _check_not_constant,
     _where,
     as_features,

@@ -36,15 +36,13 @@ from transferlens.analysis.cka_linear import (
     self_inner,
 )
 from transferlens.analysis.similarity import (
-    ArrayLike,
     Kind,
     _center_gram,
     _debiased_dot,
     _median_all,
     _sq_distances,
-    _where,
-    as_features,
 )
+from transferlens.analysis.validate import ArrayLike, _where, as_features
 
 logger = logging.getLogger(__name__)
 

@@ -31,13 +31,11 @@ import numpy as np
 import torch
 
 from transferlens.analysis.similarity import (
-    ArrayLike,
     Kind,
     _center,
     _center_gram,
     _debiased_dot,
     _ratio,
-    check_pair,
     cka,
     gram_rbf,
 )
@@ -51,6 +49,7 @@ from transferlens.analysis.stats import (
     summarize_null,
     unit_draws,
 )
+from transferlens.analysis.validate import ArrayLike, check_pair
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from transferlens.analysis.cka_matrix import Layers, _layer_list, _normalise, hsic_matrix
-from transferlens.analysis.similarity import Kind, _where
+from transferlens.analysis.similarity import Kind
+from transferlens.analysis.validate import _where
 
 __all__ = ["MinibatchCKA"]
 
