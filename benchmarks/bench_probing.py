@@ -94,7 +94,8 @@ def sklearn_subset(stack, y, g, layers, cfg) -> int:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from transferlens.analysis.probe_common import MDL_FRACTIONS, control_labels, group_folds
+    from transferlens.analysis.probe_common import MDL_FRACTIONS
+    from transferlens.analysis.probe_labels import control_labels, group_folds
     from transferlens.analysis.probe_mdl import _block_ends, _mdl_order
 
     ctl = control_labels(y, examples=g, seed=0)

@@ -148,7 +148,7 @@ def test_extrapolation_split_and_random_split_sizes():
     assert scores[hard].min() > scores[~hard].max()
     with pytest.raises(ValueError, match="one side"):
         extrapolation_split(np.ones(10))
-    from transferlens.analysis.probe_common import _random_split_like
+    from transferlens.analysis.probe_labels import _random_split_like
 
     rnd = _random_split_like(train, g, seed=0)
     assert rnd.sum() == 30

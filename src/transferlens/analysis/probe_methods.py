@@ -31,6 +31,8 @@ from transferlens.analysis.probe_common import (
     _result,
     _setup,
     _Table,
+)
+from transferlens.analysis.probe_labels import (
     context_labels,
     control_labels,
     extrapolation_split,

@@ -14,10 +14,12 @@ from transferlens.analysis.probe_common import (
     ProbeConfig,
     _cv,
     _predict,
-    _random_split_like,
     _result,
     _setup,
     _Table,
+)
+from transferlens.analysis.probe_labels import (
+    _random_split_like,
     context_labels,
     extrapolation_split,
     group_folds,
