@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import transferlens.analysis.latent_language as ll
+import transferlens.analysis.word_pairs as word_pairs
 from transferlens.analysis.latent_language import (
     answer_token_ids,
     build_prompts,
@@ -131,7 +132,7 @@ def test_answer_token_ids_sentencepiece_vocab():
 
 
 def test_answer_token_ids_byte_level_vocab():
-    base = {c: 100 + b for b, c in ll._byte_chars().items()}  # all 256 byte characters
+    base = {c: 100 + b for b, c in word_pairs._byte_chars().items()}  # all 256 byte characters
     vocab = dict(base, **{"ĠT": 1, "Tab": 2, "ĠTabell": 3, "Ã¶": 4, "ĠÃ¶pp": 5})
     tok = FakeTokenizer(vocab)
     want = sorted({1, 2, 3, base["T"]})
