@@ -25,18 +25,17 @@ and tokenisation (:func:`check_compatible`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..jsonl import json_lines
 from ..models.handle import ModelHandle
 from ..results import AnalysisResult
 from .patch_inputs import _positions
@@ -138,17 +137,8 @@ def load_prompts_jsonl(path: str | os.PathLike) -> list[PatchPrompt]:
         FileNotFoundError: no such file.
         ValueError: a line that is not JSON or lacks a non-empty string prompt/target.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such prompts file")
     out: list[PatchPrompt] = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    for i, row in json_lines(path, "prompts file"):
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{i}: expected an object with 'prompt' and 'target'")
         for key in ("prompt", "target"):

@@ -12,13 +12,14 @@ whose token sets overlap between languages, and counts them.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..jsonl import json_lines
 
 __all__ = [
     "MinedPairs",
@@ -151,13 +152,7 @@ def load_word_list(path: str | Path) -> list[dict[str, str]]:
         raise FileNotFoundError(f"{path}: no such word-list file")
     items: list[dict[str, str]] = []
     if path.suffix.lower() in (".jsonl", ".json"):
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not a JSON object ({e.msg})") from None
+        for i, obj in json_lines(path, "word-list file"):
             if not isinstance(obj, dict):
                 raise ValueError(f'{path}:{i}: expected an object like {{"en": ..., "sv": ...}}')
             items.append({str(k): str(v).strip() for k, v in obj.items() if v is not None})

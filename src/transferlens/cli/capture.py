@@ -3,41 +3,32 @@ into an activation store."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from ..jsonl import json_lines
 from .app import app, console, console_err
 
 
 def _read_jsonl(path: Path, languages: list[str] | None, split: str | None) -> list[Any]:
     """Examples of a JSONL file: one JSON string or object (with a text or words field)
     per line; ``languages``/``split`` filter on the ``language``/``split`` fields."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--data {path}: no such file")
     rows: list[Any] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    for n, row in json_lines(path, "file (--data)"):
+        if isinstance(row, dict):
+            if languages and row.get("language") not in languages:
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--data {path}, line {n}: not JSON ({e.msg})") from None
-            if isinstance(row, dict):
-                if languages and row.get("language") not in languages:
-                    continue
-                if split and row.get("split") not in (None, split):
-                    continue
-            elif languages or split:
-                raise ValueError(
-                    f"--data {path}, line {n}: --languages/--split need objects "
-                    "with 'language'/'split' fields, not bare strings"
-                )
-            rows.append(row)
+            if split and row.get("split") not in (None, split):
+                continue
+        elif languages or split:
+            raise ValueError(
+                f"--data {path}, line {n}: --languages/--split need objects "
+                "with 'language'/'split' fields, not bare strings"
+            )
+        rows.append(row)
     return rows
 
 

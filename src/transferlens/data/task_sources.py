@@ -4,10 +4,11 @@ datasets (read by :class:`~transferlens.data.tasks.ProbeTask`).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+from ..jsonl import json_lines
 
 __all__ = ["parse_conllu"]
 
@@ -15,20 +16,11 @@ _CONLLU = ("id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "de
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such JSONL file")
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for ln, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{ln}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{ln}: each line must be a JSON object")
-            rows.append(row)
+    for ln, row in json_lines(path):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{ln}: each line must be a JSON object")
+        rows.append(row)
     return rows
 
 

@@ -16,12 +16,12 @@ Subsampling (``max_examples``) is a seeded shuffle, so the same seed picks the s
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from ..jsonl import json_lines
 
 __all__ = [
     "LANGUAGE_NAMES",
@@ -230,26 +230,16 @@ def load_jsonl(path: str | os.PathLike, fields: Sequence[str]) -> list[dict[str,
         ValueError: a line that is not a JSON object, a missing or non-string field, or no
             examples at all (the message names the line).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such JSONL file")
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object with {', '.join(fields)}")
-            for f in fields:
-                if f not in obj:
-                    raise ValueError(f"{path}:{n}: missing field {f!r} (need {', '.join(fields)})")
-                if not isinstance(obj[f], str) or not obj[f].strip():
-                    raise ValueError(f"{path}:{n}: field {f!r} must be a non-empty string")
-            out.append(obj)
+    for n, obj in json_lines(path):
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object with {', '.join(fields)}")
+        for f in fields:
+            if f not in obj:
+                raise ValueError(f"{path}:{n}: missing field {f!r} (need {', '.join(fields)})")
+            if not isinstance(obj[f], str) or not obj[f].strip():
+                raise ValueError(f"{path}:{n}: field {f!r} must be a non-empty string")
+        out.append(obj)
     if not out:
         raise ValueError(f"{path}: no examples (need JSON lines with {', '.join(fields)})")
     return out
