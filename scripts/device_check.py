@@ -50,6 +50,13 @@ def layers(n: int, p: int, count: int, z: torch.Tensor, seed: int) -> torch.Tens
     return torch.stack(out)
 
 
+def _agree(rows: list[dict], got: Any, ref: Any, tol: float, **what: Any) -> bool:
+    """Record ``max |got − ref|`` against ``tol`` with ``what`` was compared; whether it holds."""
+    diff = float(np.abs(np.asarray(got) - np.asarray(ref)).max())
+    rows.append({**what, "max_abs_diff": diff, "tolerance": tol, "ok": diff <= tol})
+    return diff <= tol
+
+
 def cka_checks(report: dict[str, Any], dev: str) -> bool:
     from transferlens.analysis.cka_matrix import cka_matrix
     from transferlens.analysis.minibatch_cka import MinibatchCKA
@@ -63,28 +70,20 @@ def cka_checks(report: dict[str, Any], dev: str) -> bool:
         for method in ("features", "gram"):
             for dtype in (torch.float32, torch.float64):
                 got = cka_matrix(A, B, debiased=debiased, dtype=dtype, device=dev, method=method)
-                diff = float(np.abs(got - ref).max())
-                good = diff <= TOL[dtype]
-                ok &= good
-                rows.append(
-                    dict(kind="linear", method=method, debiased=debiased, dtype=str(dtype),
-                         max_abs_diff=diff, tolerance=TOL[dtype], ok=good)
-                )  # fmt: skip
+                ok &= _agree(rows, got, ref, TOL[dtype], kind="linear", method=method,
+                             debiased=debiased, dtype=str(dtype))  # fmt: skip
     small_a, small_b = A[:4, :1500], B[:4, :1500]
     for debiased in (False, True):
         ref = cka_matrix(small_a, small_b, kind="rbf", debiased=debiased, device="cpu")
         got = cka_matrix(small_a, small_b, kind="rbf", debiased=debiased, device=dev)
-        diff = float(np.abs(got - ref).max())
-        ok &= diff <= 1e-10
-        rows.append(dict(kind="rbf", debiased=debiased, max_abs_diff=diff, ok=diff <= 1e-10))
+        ok &= _agree(rows, got, ref, 1e-10, kind="rbf", debiased=debiased)
     for kind in ("linear", "rbf"):
         accs = {d: MinibatchCKA(kind, device=d) for d in ("cpu", dev)}
         for b0 in range(0, 4000, 800):
             for acc in accs.values():
                 acc.update(list(A[:4, b0 : b0 + 800]), list(B[:4, b0 : b0 + 800]))
-        diff = float(np.abs(accs[dev].compute() - accs["cpu"].compute()).max())
-        ok &= diff <= 1e-10
-        rows.append(dict(kind=f"minibatch_{kind}", max_abs_diff=diff, ok=diff <= 1e-10))
+        ok &= _agree(rows, accs[dev].compute(), accs["cpu"].compute(), 1e-10,
+                     kind=f"minibatch_{kind}")  # fmt: skip
     return ok
 
 
