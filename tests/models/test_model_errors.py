@@ -221,7 +221,7 @@ def test_truncated_weights_in_a_folder_or_gguf(capsys, tmp_path, llama_files, ki
         spec = tmp_path / "m.gguf"
         shutil.copy(llama_files["gguf"], spec)
         _cut(spec)
-        expected = "cannot read the GGUF"
+        expected = "the GGUF file is truncated or corrupt"
     else:
         spec = tmp_path / kind
         shutil.copytree(llama_files[kind], spec)
@@ -229,6 +229,27 @@ def test_truncated_weights_in_a_folder_or_gguf(capsys, tmp_path, llama_files, ki
         _cut(spec / weights)
         expected = "a weights file is truncated or corrupt"
     assert expected in cli_error(capsys, tmp_path, str(spec))
+
+
+@pytest.mark.parametrize("keep", [0.001, 0.01, 0.1, 0.999])
+def test_gguf_cut_anywhere_is_one_line(capsys, tmp_path, llama_files, keep):
+    # cut inside the header, the metadata, the tensor table and the last tensor's data: the
+    # parser raises different errors there (a struct.error inside the metadata used to escape)
+    spec = tmp_path / "m.gguf"
+    data = llama_files["gguf"].read_bytes()
+    spec.write_bytes(data[: int(len(data) * keep)])
+    msg = cli_error(capsys, tmp_path, str(spec))
+    assert msg.endswith(
+        f"the GGUF file is truncated or corrupt (the parser stops inside its "
+        f"{int(len(data) * keep)} bytes); copy it again or export it again"
+    )
+
+
+def test_not_a_gguf_file(capsys, tmp_path):
+    spec = tmp_path / "weights.gguf"
+    spec.write_bytes(b"PK\x03\x04 not a gguf file at all")
+    msg = cli_error(capsys, tmp_path, str(spec))
+    assert msg.endswith("not a GGUF file (it does not start with the bytes 'GGUF'); check the path")
 
 
 def test_missing_path_that_could_be_a_hub_id_offline(capsys, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from safetensors import SafetensorError
@@ -167,6 +167,49 @@ def load_hub(spec: str) -> Loaded:  # pragma: no cover - needs network
 
 
 # --------------------------------------------------------------------------- GGUF
+_GGUF_META_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    OSError,
+    KeyError,
+    ImportError,
+    NotImplementedError,
+)
+
+
+def gguf_damage(path: Path) -> str | None:
+    """What is wrong with the GGUF file at ``path`` (the message after ``"<path>: "``), or None if
+    its header, metadata, tensor table and every tensor's data parse."""
+    import gguf
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            return "not a GGUF file (it does not start with the bytes 'GGUF'); check the path"
+    try:  # the reader maps every tensor's data: a file cut anywhere fails here
+        gguf.GGUFReader(path, "r")
+    except Exception as e:  # the parser's errors on a damaged file are of many kinds
+        log.debug("%s: GGUF parse error: %r", path, e)
+        return (
+            f"the GGUF file is truncated or corrupt (the parser stops inside its {size} bytes); "
+            "copy it again or export it again"
+        )
+    return None
+
+
+def _raise_gguf(
+    path: Path, e: BaseException, what: str, expected: tuple[type[BaseException], ...]
+) -> NoReturn:
+    """Turn a failed GGUF load into one line: a damaged file says so (whatever the parser
+    raised); an expected error from an intact file keeps its cause; anything else is re-raised
+    (a bug, not the user's file)."""
+    damage = gguf_damage(path)
+    if damage is not None:
+        raise TransferlensError(f"{path}: {damage}") from None
+    if isinstance(e, expected):
+        raise TransferlensError(f"{path}: {what} ({_first_line(e)})") from None
+    raise e
+
+
 def load_gguf(path: Path) -> Loaded:
     """A GGUF file, through transformers' ``gguf_file=`` loader (dequantised to float32)."""
     if importlib.util.find_spec("gguf") is None:
@@ -179,10 +222,8 @@ def load_gguf(path: Path) -> Loaded:
     where, name = path.parent, path.name
     try:
         config = AutoConfig.from_pretrained(where, gguf_file=name)
-    except (ValueError, OSError, KeyError, ImportError, NotImplementedError) as e:
-        raise TransferlensError(
-            f"{path}: cannot read the GGUF metadata ({_first_line(e)})"
-        ) from None
+    except Exception as e:
+        _raise_gguf(path, e, "cannot read the GGUF metadata", _GGUF_META_ERRORS)
     try:
         family_for(config.model_type)  # before the (slow) weights, naming the supported families
     except ValueError as e:
@@ -195,8 +236,8 @@ def load_gguf(path: Path) -> Loaded:
             model = AutoModelForCausalLM.from_pretrained(
                 where, gguf_file=name, config=config, dtype=torch.float32
             )
-    except (ValueError, OSError, KeyError, ImportError, NotImplementedError, RuntimeError) as e:
-        raise TransferlensError(f"{path}: cannot load the GGUF file ({_first_line(e)})") from None
+    except Exception as e:
+        _raise_gguf(path, e, "cannot load the GGUF file", (*_GGUF_META_ERRORS, RuntimeError))
     return model, tok, {}
 
 
