@@ -214,9 +214,9 @@ def run_loop(
     device = acc.device
     devices = [device.index or 0] if device.type == "cuda" else []
 
+    run = _Run(acc, model, optimizer, scheduler, params, state_path, log_path, key)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed + 7919 * rank)
-        step, micro, tokens_total = 0, 0, 0
         if state_path.exists():
             state = torch.load(state_path, map_location="cpu", weights_only=True)
             if state.get("run_key") != key:
@@ -236,59 +236,57 @@ def run_loop(
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"][rank], device)
-            step, micro, tokens_total = state["step"], state["micro"], state["tokens"]
+            run.step, run.micro, run.tokens = state["step"], state["micro"], state["tokens"]
             if main:
-                truncate_log(log_path, step)
-                log.info("resuming %s from step %d (%s)", label, step, state_path)
+                truncate_log(log_path, run.step)
+                log.info("resuming %s from step %d (%s)", label, run.step, state_path)
         elif main:
             run_dir.mkdir(parents=True, exist_ok=True)
             if log_path.exists():
                 log_path.unlink()
         if main:
             atomic_write_text(run_dir / "run.json", json.dumps(json.loads(key), indent=1))
-        resumed_from = step
-        result = _train(
-            acc,
-            model,
-            optimizer,
-            scheduler,
-            params,
-            examples,
-            collate,
-            loss_fn,
-            config,
-            eval_fn,
-            state_path,
-            log_path,
-            key,
-            step,
-            micro,
-            tokens_total,
-            label,
-        )
+        resumed_from = run.step
+        result = _train(run, examples, collate, loss_fn, config, eval_fn, label)
     result.resumed_from = resumed_from
     return result
 
 
-def _train(
-    acc,
-    model,
-    optimizer,
-    scheduler,
-    params,
-    examples,
-    collate,
-    loss_fn,
-    config,
-    eval_fn,
-    state_path,
-    log_path,
-    key,
-    step,
-    micro,
-    tokens_total,
-    label,
-) -> LoopResult:
+@dataclass
+class _Run:
+    """One run's prepared model, optimiser and schedule, where its state and log go, and its
+    position (optimiser steps, micro-batches drawn, tokens seen)."""
+
+    acc: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    params: list[nn.Parameter]
+    state_path: Path
+    log_path: Path
+    key: str
+    step: int = 0
+    micro: int = 0
+    tokens: int = 0
+
+    def save(self) -> None:
+        save_state(
+            self.acc,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.state_path,
+            self.key,
+            self.step,
+            self.micro,
+            self.tokens,
+        )
+
+
+def _train(run: _Run, examples, collate, loss_fn, config, eval_fn, label) -> LoopResult:
+    acc, model, optimizer, scheduler = run.acc, run.model, run.optimizer, run.scheduler
+    params, state_path, log_path = run.params, run.state_path, run.log_path
+    step, micro, tokens_total = run.step, run.micro, run.tokens
     main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
     cache: dict = {}
     start = time.perf_counter()
@@ -367,9 +365,8 @@ def _train(
                 progress.update(step, rec["loss"], tps)
                 window = {"loss": 0.0, "n": 0, "tokens": 0, "t": time.perf_counter(), "stats": {}}
             if config.save_every and step % config.save_every == 0 and not is_last:
-                save_state(
-                    acc, model, optimizer, scheduler, state_path, key, step, micro, tokens_total
-                )
+                run.step, run.micro, run.tokens = step, micro, tokens_total
+                run.save()
     finally:
         progress.close()
     model = acc.unwrap_model(model, keep_fp32_wrapper=False)
