@@ -122,6 +122,31 @@ def test_corrupted_bytes_inside_checkpoint(tmp_path, tiny):
         load_model(path)
 
 
+def _damage_zip_directory(data: bytearray, where: str) -> None:
+    """Damage one field of a zip's directory (zipfile raises a different error for each)."""
+    locator = data.rfind(b"PK\x06\x07")  # zip64 end of central directory locator
+    first = data.find(b"PK\x01\x02")  # first central directory entry
+    if where == "disk number":  # "zipfiles that span multiple disks are not supported"
+        assert locator > 0  # torch writes zip64 records
+        data[locator + 4] = 1
+    elif where == "compression method":  # NotImplementedError
+        data[first + 10] = 99
+    else:  # a file name that is not UTF-8 although flagged so (UnicodeDecodeError)
+        data[first + 9] |= 0x08  # general-purpose flag bit 11: names are UTF-8
+        data[first + 46] = 0xFF  # the first byte of the name
+
+
+@pytest.mark.parametrize("where", ["disk number", "compression method", "file name"])
+def test_damaged_zip_directory_is_one_line(capsys, tmp_path, tiny, where):
+    h = tiny("gpt2")
+    path = save_checkpoint(tmp_path / "m.pt", h.model, h.tokenizer)
+    data = bytearray(path.read_bytes())
+    _damage_zip_directory(data, where)
+    path.write_bytes(bytes(data))
+    msg = cli_error(capsys, tmp_path, str(path))
+    assert "the checkpoint is corrupt (" in msg and msg.endswith("copy it again")
+
+
 def _edit_config(path: Path, **changes) -> None:
     doc = torch.load(path, weights_only=True)
     doc["config"].update(changes)
@@ -243,6 +268,26 @@ def test_gguf_cut_anywhere_is_one_line(capsys, tmp_path, llama_files, keep):
         f"the GGUF file is truncated or corrupt (the parser stops inside its "
         f"{int(len(data) * keep)} bytes); copy it again or export it again"
     )
+
+
+def test_gguf_describing_no_valid_model(capsys, tmp_path, llama_files):
+    # an intact file whose metadata give 3 attention heads for a hidden size of 32:
+    # transformers' config validation raises its own error class (used to escape)
+    import gguf
+    import numpy as np
+
+    data = bytearray(llama_files["gguf"].read_bytes())
+    reader = gguf.GGUFReader(llama_files["gguf"], "r")
+    field = reader.fields["llama.attention.head_count"]
+    value = field.parts[field.data[0]]
+    at = value.ctypes.data - reader.data.ctypes.data
+    data[at : at + value.nbytes] = np.array([3], value.dtype).tobytes()
+    del reader, value, field
+    spec = tmp_path / "m.gguf"
+    spec.write_bytes(bytes(data))
+    msg = cli_error(capsys, tmp_path, str(spec))
+    assert "cannot read the GGUF metadata (" in msg
+    assert "hidden size (32)" in msg  # the line after "... validation error:" says what failed
 
 
 def test_not_a_gguf_file(capsys, tmp_path):

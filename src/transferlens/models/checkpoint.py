@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 
 __all__ = [
     "FORMAT",
@@ -246,12 +246,12 @@ def _sniff(path: Path) -> None:
             f"{path}: not a transferlens checkpoint ({kind}); pass a .pt file written by "
             "transferlens, a Hugging Face model folder, a PEFT folder or a .gguf file"
         )
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{path}: the checkpoint is truncated or corrupt (its zip directory is missing); "
-            "copy it again or re-run the step that wrote it"
-        )
     try:
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"{path}: the checkpoint is truncated or corrupt (its zip directory is missing); "
+                "copy it again or re-run the step that wrote it"
+            )
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
             if not any(n.endswith("/data.pkl") for n in names):
@@ -260,8 +260,13 @@ def _sniff(path: Path) -> None:
                     "written by transferlens"
                 )
             bad = z.testzip()
-    except zipfile.BadZipFile as e:
-        raise CheckpointError(f"{path}: the checkpoint is corrupt ({e})") from None
+    except CheckpointError:
+        raise
+    except Exception as e:  # zipfile raises assorted errors on a damaged directory or header
+        raise CheckpointError(
+            f"{path}: the checkpoint is corrupt ({type(e).__name__}: {first_line(e)}); "
+            "copy it again"
+        ) from None
     if bad is not None:
         raise CheckpointError(
             f"{path}: the checkpoint is corrupt (checksum mismatch in {bad}); copy it again"
@@ -304,10 +309,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"{path}: refused to load: the file holds Python objects that would run code "
                 "when unpickled (transferlens checkpoints hold only tensors and plain data)"
             ) from None
-        raise CheckpointError(f"{path}: not a transferlens checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a transferlens checkpoint ({first_line(e)})") from None
     except Exception as e:  # torch raises assorted errors on damaged archives
         raise CheckpointError(
-            f"{path}: cannot read the checkpoint ({type(e).__name__}: {_first_line(e)})"
+            f"{path}: cannot read the checkpoint ({type(e).__name__}: {first_line(e)})"
         ) from None
     _validate(doc, path)
     return doc
@@ -343,8 +348,3 @@ def _validate(doc: Any, path: Path) -> None:
         raise CheckpointError(
             f"{path}: checkpoint 'adapter' needs state_dict, peft_config and parent sections"
         )
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from ..errors import TransferlensError
+from ..errors import TransferlensError, first_line
 from .sites import family_for
 
 __all__ = [
@@ -88,14 +88,9 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
-
-
 def _damaged_weights(path: Path, e: BaseException) -> str:
     return (
-        f"{path}: a weights file is truncated or corrupt ({_first_line(e)}); copy the folder "
+        f"{path}: a weights file is truncated or corrupt ({first_line(e)}); copy the folder "
         "again or re-save it"
     )
 
@@ -108,7 +103,7 @@ def load_hf_dir(path: Path) -> Loaded:
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (ValueError, KeyError, OSError) as e:
-        raise TransferlensError(f"{path}: cannot read config.json ({_first_line(e)})") from None
+        raise TransferlensError(f"{path}: cannot read config.json ({first_line(e)})") from None
     try:
         cls = model_class(config)  # fails early, naming the supported families
     except ValueError as e:
@@ -124,9 +119,9 @@ def load_hf_dir(path: Path) -> Loaded:
                 f"{path}: the weights do not match config.json (tensors of the wrong shape); "
                 "fix the folder or its config.json"
             ) from None
-        raise TransferlensError(f"{path}: cannot load the weights ({_first_line(e)})") from None
+        raise TransferlensError(f"{path}: cannot load the weights ({first_line(e)})") from None
     except (ValueError, OSError) as e:
-        raise TransferlensError(f"{path}: cannot load the weights ({_first_line(e)})") from None
+        raise TransferlensError(f"{path}: cannot load the weights ({first_line(e)})") from None
     except SafetensorError as e:
         raise TransferlensError(_damaged_weights(path, e)) from None
     bad = [
@@ -146,7 +141,7 @@ def load_hf_dir(path: Path) -> Loaded:
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (ValueError, OSError) as e:
         raise TransferlensError(
-            f"{path}: no usable tokenizer in the folder ({_first_line(e)}); save it there with "
+            f"{path}: no usable tokenizer in the folder ({first_line(e)}); save it there with "
             "tokenizer.save_pretrained(folder)"
         ) from None
     return model, tok, {}
@@ -167,15 +162,6 @@ def load_hub(spec: str) -> Loaded:  # pragma: no cover - needs network
 
 
 # --------------------------------------------------------------------------- GGUF
-_GGUF_META_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    OSError,
-    KeyError,
-    ImportError,
-    NotImplementedError,
-)
-
-
 def gguf_damage(path: Path) -> str | None:
     """What is wrong with the GGUF file at ``path`` (the message after ``"<path>: "``), or None if
     its header, metadata, tensor table and every tensor's data parse."""
@@ -196,18 +182,15 @@ def gguf_damage(path: Path) -> str | None:
     return None
 
 
-def _raise_gguf(
-    path: Path, e: BaseException, what: str, expected: tuple[type[BaseException], ...]
-) -> NoReturn:
-    """Turn a failed GGUF load into one line: a damaged file says so (whatever the parser
-    raised); an expected error from an intact file keeps its cause; anything else is re-raised
-    (a bug, not the user's file)."""
+def _raise_gguf(path: Path, e: Exception, what: str) -> NoReturn:
+    """Turn a failed GGUF load into one line: a damaged file says so, whatever the parser
+    raised; an intact file that transformers cannot read or build (its metadata describe no
+    valid model: the errors come from transformers' parsing and validation, of many kinds)
+    keeps the cause."""
     damage = gguf_damage(path)
     if damage is not None:
         raise TransferlensError(f"{path}: {damage}") from None
-    if isinstance(e, expected):
-        raise TransferlensError(f"{path}: {what} ({_first_line(e)})") from None
-    raise e
+    raise TransferlensError(f"{path}: {what} ({type(e).__name__}: {first_line(e)})") from None
 
 
 def load_gguf(path: Path) -> Loaded:
@@ -223,7 +206,7 @@ def load_gguf(path: Path) -> Loaded:
     try:
         config = AutoConfig.from_pretrained(where, gguf_file=name)
     except Exception as e:
-        _raise_gguf(path, e, "cannot read the GGUF metadata", _GGUF_META_ERRORS)
+        _raise_gguf(path, e, "cannot read the GGUF metadata")
     try:
         family_for(config.model_type)  # before the (slow) weights, naming the supported families
     except ValueError as e:
@@ -237,7 +220,7 @@ def load_gguf(path: Path) -> Loaded:
                 where, gguf_file=name, config=config, dtype=torch.float32
             )
     except Exception as e:
-        _raise_gguf(path, e, "cannot load the GGUF file", (*_GGUF_META_ERRORS, RuntimeError))
+        _raise_gguf(path, e, "cannot load the GGUF file")
     return model, tok, {}
 
 
@@ -277,7 +260,7 @@ def load_peft_dir(path: Path, *, merge: bool, load_base) -> Loaded:
         with torch.random.fork_rng(devices=[]), quiet_transformers():
             model = PeftModel.from_pretrained(base.model, str(path))
     except (ValueError, RuntimeError, OSError, KeyError) as e:
-        raise TransferlensError(f"{path}: cannot load the adapter ({_first_line(e)})") from None
+        raise TransferlensError(f"{path}: cannot load the adapter ({first_line(e)})") from None
     except SafetensorError as e:
         raise TransferlensError(_damaged_weights(path, e)) from None
     if merge:

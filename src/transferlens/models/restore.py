@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from .hf_sources import build_model
 
 __all__ = ["model_from_checkpoint_doc"]
@@ -61,7 +61,7 @@ def model_from_checkpoint_doc(
     try:
         config = AutoConfig.for_model(model_type, **cfg_dict)
     except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{where}: cannot build the config ({_first_line(e)})") from None
+        raise CheckpointError(f"{where}: cannot build the config ({first_line(e)})") from None
     tok = _tokenizer_from_files(doc["tokenizer"], where)
     if doc.get("adapter") is not None:
         return _apply_adapter(doc, where, path, merge, load_parent), tok
@@ -149,7 +149,7 @@ def _tokenizer_from_files(tokdoc: dict[str, Any], where: str) -> Any:
             return AutoTokenizer.from_pretrained(tmp, local_files_only=True)
         except (ValueError, OSError, KeyError) as e:
             raise CheckpointError(
-                f"{where}: the stored tokenizer cannot be rebuilt ({_first_line(e)})"
+                f"{where}: the stored tokenizer cannot be rebuilt ({first_line(e)})"
             ) from None
 
 
@@ -198,7 +198,7 @@ def _apply_adapter(
         with torch.random.fork_rng(devices=[]):
             model = get_peft_model(base.model, lora)
     except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{where}: cannot rebuild the adapter ({_first_line(e)})") from None
+        raise CheckpointError(f"{where}: cannot rebuild the adapter ({first_line(e)})") from None
     res = set_peft_model_state_dict(model, ad["state_dict"])
     bad = [k for k in getattr(res, "unexpected_keys", []) if "lora_" in k]
     bad += [k for k in getattr(res, "missing_keys", []) if "lora_" in k]
@@ -207,8 +207,3 @@ def _apply_adapter(
     if merge:
         model = model.merge_and_unload()
     return model
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
