@@ -204,4 +204,57 @@ def load_results(path: str | os.PathLike) -> tuple[list[AnalysisResult], dict[st
             f"{path}: results schema version {doc.get('schema_version')!r} is not supported "
             f"(expected {SCHEMA_VERSION})"
         )
+    problem = _layout_problem(doc)
+    if problem:
+        raise ValueError(
+            f"{path}: {problem}; restore the file or re-run the analysis that wrote it"
+        )
     return [AnalysisResult.from_dict(r) for r in doc["results"]], doc.get("meta", {})
+
+
+_NUMBER_FIELDS = ("value", "ci_low", "ci_high")
+_INT_FIELDS = ("n", "layer", "layer_a", "layer_b", "head")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _layout_problem(doc: dict[str, Any]) -> str | None:
+    """What in a parsed ``results.json`` does not have the schema's layout (None: nothing):
+    the types every reader relies on, checked before anything is drawn."""
+    if not isinstance(doc["results"], list):
+        return "'results' must be a list of results"
+    if not isinstance(doc.get("meta", {}), dict):
+        return "'meta' must be an object"
+    for i, r in enumerate(doc["results"]):
+        if not isinstance(r, dict):
+            return f"result {i} must be an object, not {type(r).__name__}"
+        for key in ("analysis", "name", "metric"):
+            if not isinstance(r.get(key), str):
+                return f"result {i} needs a string {key!r}"
+        where = f"result {i} ({r['name']!r})"
+        for key, kind in (("config", dict), ("models", dict), ("data", dict), ("notes", list)):
+            if not isinstance(r.get(key, kind()), kind):
+                return f"{where}: {key!r} must be a{'n object' if kind is dict else ' list'}"
+        records = r.get("records", [])
+        if not isinstance(records, list):
+            return f"{where}: 'records' must be a list"
+        for j, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                return f"{where}, record {j}: must be an object"
+            if "value" not in rec:
+                return f"{where}, record {j}: no 'value'"
+            for key in _NUMBER_FIELDS + _INT_FIELDS:
+                v, number = rec.get(key), key in _NUMBER_FIELDS
+                if v is not None and not (_is_number(v) if number else _is_int(v)):
+                    want = "a number" if number else "an integer"
+                    return f"{where}, record {j}: {key!r} must be {want} or null, not {v!r}"
+            lo, hi = rec.get("ci_low"), rec.get("ci_high")
+            if lo is not None and hi is not None and lo > hi:
+                return f"{where}, record {j}: ci_low {lo} is above ci_high {hi}"
+    return None

@@ -116,3 +116,72 @@ def test_cli_report_rerenders_and_rejects_bad_input(tmp_path, capsys):
     assert "no results.json" in err and "Traceback" not in err
     assert main(["report", str(tmp_path), "--format", "gif"]) == 2
     assert "unknown figure format" in capsys.readouterr().err
+
+
+def _damaged(doc: dict, how: str) -> None:
+    first = doc["results"][0]
+    rec = first["records"][0]
+    if how == "results not a list":
+        doc["results"] = {}
+    elif how == "result not an object":
+        doc["results"][0] = 5
+    elif how == "no name":
+        del first["name"]
+    elif how == "records not a list":
+        first["records"] = "x"
+    elif how == "no value":
+        del rec["value"]
+    elif how == "value a string":
+        rec["value"] = "abc"
+    elif how == "layer a string":
+        rec["layer"] = "x"
+    elif how == "n a bool":
+        rec["n"] = True
+    elif how == "interval upside down":
+        rec["ci_low"], rec["ci_high"] = 9.0, -9.0
+    elif how == "meta a list":
+        doc["meta"] = []
+
+
+_DAMAGE = {
+    "results not a list": "'results' must be a list of results",
+    "result not an object": "result 0 must be an object, not int",
+    "no name": "result 0 needs a string 'name'",
+    "records not a list": "'records' must be a list",
+    "no value": "record 0: no 'value'",
+    "value a string": "record 0: 'value' must be a number or null, not 'abc'",
+    "layer a string": "record 0: 'layer' must be an integer or null, not 'x'",
+    "n a bool": "record 0: 'n' must be an integer or null, not True",
+    "interval upside down": "record 0: ci_low 9.0 is above ci_high -9.0",
+    "meta a list": "'meta' must be an object",
+}
+
+
+@pytest.mark.parametrize("how", sorted(_DAMAGE))
+def test_damaged_results_json_is_one_clear_error(tmp_path, how):
+    # results.json is plain JSON that people edit (names, notes): a wrong type anywhere is
+    # refused with where it is, before anything is drawn
+    path = tmp_path / "results.json"
+    save_results(path, synthetic_results(2))
+    doc = json.loads(path.read_text())
+    doc["results"][0]["records"][0].setdefault("layer", 0)
+    _damaged(doc, how)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError) as info:
+        load_results(path)
+    msg = str(info.value)
+    assert _DAMAGE[how] in msg and "\n" not in msg
+    assert msg.endswith("restore the file or re-run the analysis that wrote it")
+
+
+def test_cli_report_on_a_damaged_results_json(tmp_path, capsys):
+    from transferlens.cli import main
+
+    save_results(tmp_path / "results.json", synthetic_results(2))
+    doc = json.loads((tmp_path / "results.json").read_text())
+    doc["results"][0]["records"][0]["value"] = "abc"  # used to end in a TypeError traceback
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "'value' must be a number or null" in err and "Traceback" not in err
+    assert not (tmp_path / "report.html").exists()
