@@ -81,6 +81,31 @@ def test_unknown_task_and_bad_files(tmp_path):
         load_task(bad)
 
 
+@pytest.mark.parametrize(
+    "line,expected",
+    [
+        ("languages: 5", "languages must be a list of language codes, not 5"),
+        ("languages: [en, 5]", "languages must be a list of language codes"),
+        ("options: [1, 2]", "options must be a mapping of option: value, not [1, 2]"),
+        ("path: 5", "path must be a string (a file or folder), not 5"),
+        ("label: [a, b]", "label must be a string, not ['a', 'b']"),
+        ("name: 7", "name must be a string, not 7"),
+        ("split: 3", "split must be a string, not 3"),
+    ],
+)
+def test_task_file_with_a_wrong_type(tmp_path, line, expected):
+    # each of these used to pass the definition check and fail later with a TypeError or an
+    # AttributeError while reading the examples
+    fields = {"name": "x", "level": "example", "source": "jsonl", "path": "d.jsonl"}
+    fields["label"] = "label"
+    key = line.split(":")[0]
+    text = "".join(f"{k}: {v}\n" for k, v in fields.items() if k != key) + line + "\n"
+    (tmp_path / "t.yaml").write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_task(tmp_path / "t.yaml")
+    assert expected in str(info.value) and "t.yaml" in str(info.value)
+
+
 def test_corpus_tasks_on_an_in_memory_dataset():
     ds = _corpus_like()
     lang = load_task("language_id")

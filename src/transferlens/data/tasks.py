@@ -145,6 +145,25 @@ class ProbeTask:
 
     def __post_init__(self) -> None:
         where = f"probe task {self.name!r}" + (f" ({self.file})" if self.file else "")
+        for attr, kinds, want in (
+            ("name", str, "a string"),
+            ("level", str, "a string"),
+            ("source", str, "a string"),
+            ("label", str, "a string"),
+            ("description", str, "a string"),
+            ("selection", str, "a string"),
+            ("control", str, "a string"),
+            ("split", (str, type(None)), "a string"),
+            ("path", (str, type(None)), "a string (a file or folder)"),
+            ("languages", (str, list, tuple), "a list of language codes"),
+            ("options", dict, "a mapping of option: value"),
+        ):
+            if not isinstance(getattr(self, attr), kinds):
+                raise ValueError(f"{where}: {attr} must be {want}, not {getattr(self, attr)!r}")
+        if not all(isinstance(code, str) for code in self.languages):
+            raise ValueError(
+                f"{where}: languages must be a list of language codes, not {self.languages!r}"
+            )
         for attr, valid in (
             ("level", LEVELS),
             ("source", SOURCES),
