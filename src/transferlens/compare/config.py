@@ -98,6 +98,18 @@ class CompareConfig:
         self.tasks = [str(t) for t in self.tasks]
         if self.max_examples < 8:
             raise ValueError("--max-examples must be at least 8 (intervals need examples)")
+        if self.n_boot < 1:
+            raise ValueError(
+                f"--n-boot must be at least 1 (resamples per interval), not {self.n_boot}"
+            )
+        if self.seed < 0:
+            raise ValueError(f"--seed must be a non-negative integer, not {self.seed}")
+        for name in ("max_length", "batch_size", "patch_prompts", "lens_items"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)}")
+        from ..models.loading import resolve_device  # the device exists before anything runs
+
+        resolve_device(self.device)
         if not 0.5 < self.ci_level < 1:
             raise ValueError("ci_level must be between 0.5 and 1")
 

@@ -24,7 +24,7 @@ from .hf_sources import load_gguf, load_hf_dir, load_hub, load_peft_dir
 from .restore import model_from_checkpoint_doc
 from .sitemap import SiteMap
 
-__all__ = ["load_model", "model_from_checkpoint_doc", "resolve_dtype"]
+__all__ = ["load_model", "model_from_checkpoint_doc", "resolve_device", "resolve_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,45 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[key]
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """``"cuda:1"`` / ``torch.device`` / None -> a torch device this machine has, or None
+    (``cpu``, ``cuda``, ``mps``, ``xpu``, and ``meta`` for shapes without weights).
+
+    Raises:
+        ValueError: an unknown device name, or a device this machine does not have (no CUDA,
+            a CUDA index beyond the GPUs present, no MPS).
+    """
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"unknown device {device!r}; use cpu, cuda, cuda:N (the N-th GPU) or mps"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device {str(device)!r}: this machine has no CUDA GPU that torch can use "
+                f"(torch {torch.__version__}); use cpu"
+            )
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"device {str(device)!r}: this machine has {count} CUDA GPU(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r}: MPS is not available here; use cpu")
+    elif dev.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise ValueError(f"device {str(device)!r}: no XPU is available here; use cpu")
+    elif dev.type not in ("cpu", "cuda", "mps", "xpu", "meta"):
+        raise ValueError(
+            f"unsupported device {str(device)!r}; use cpu, cuda, cuda:N (the N-th GPU) or mps"
+        )
+    return dev
+
+
 def load_model(
     spec: Any,
     *,
@@ -72,7 +111,8 @@ def load_model(
         spec: path, hub id, or model object (see module docstring).
         tokenizer: tokenizer for an ``nn.Module`` / ``NNsight`` spec, or to replace the one a
             spec carries.
-        device: where to put the model; None leaves it where it is (files load on the CPU).
+        device: where to put the model (checked first: a device this machine lacks is a
+            ``ValueError``); None leaves it where it is (files load on the CPU).
         dtype: convert the floating-point weights (``"float32"``, ``"bfloat16"``, ...); None
             keeps the stored dtype. Objects passed in are converted (and set to eval mode) in
             place, as ``nn.Module.to`` does.
@@ -90,6 +130,7 @@ def load_model(
             architecture, GGUF without the ``gguf`` package, ...), with a one-line message.
     """
     torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
     if isinstance(spec, ModelHandle):
         handle = spec
         if tokenizer is not None:
@@ -106,8 +147,8 @@ def load_model(
     if torch_dtype is not None and torch_dtype != handle.dtype:
         model.to(dtype=torch_dtype)
         handle._fingerprint = None  # the bytes changed
-    if device is not None:
-        model.to(device=device)
+    if torch_device is not None:
+        model.to(device=torch_device)
     model.eval()
     return handle
 

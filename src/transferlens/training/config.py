@@ -10,6 +10,7 @@ of the checkpoint it made.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -145,8 +146,8 @@ class TrainConfig:
         for name in ("eval_every", "save_every", "warmup_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.schedule not in _SCHEDULES:
@@ -158,8 +159,15 @@ class TrainConfig:
                 f"unknown mixed_precision {self.mixed_precision!r}; use one of "
                 f"{', '.join(_PRECISIONS)}"
             )
-        if self.max_grad_norm < 0 or self.weight_decay < 0:
-            raise ValueError("max_grad_norm and weight_decay must be >= 0")
+        if not self.max_grad_norm >= 0:  # inf: no clipping
+            raise ValueError(f"max_grad_norm must be >= 0, got {self.max_grad_norm!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+            )
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -252,6 +260,8 @@ class FinetuneConfig(TrainConfig):
             raise ValueError(f"lora_r must be a positive integer, got {self.lora_r!r}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ValueError(f"lora_alpha must be a finite number > 0, got {self.lora_alpha!r}")
 
 
 @dataclass
@@ -366,7 +376,7 @@ class DPOConfig(FinetuneConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta!r}")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction!r}")
