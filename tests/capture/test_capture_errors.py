@@ -62,6 +62,21 @@ def test_bad_data(tiny, data, words):
     assert words in _one_line(e)
 
 
+@pytest.mark.parametrize("existed", [False, True])
+def test_bad_data_leaves_no_store_folder_behind(tiny, tmp_path, existed):
+    # the examples are checked in the pass before any activation is written: a folder made
+    # for the store (with its parents) goes again; one that was there stays
+    out = tmp_path / "new" / "deeper" / "store"
+    if existed:
+        out.mkdir(parents=True)
+    with pytest.raises(ValueError, match="must hold a string"):
+        capture(tiny("gpt2"), [{"text": "fine"}, {"text": 3}], "resid_post.0", out=out)
+    assert out.exists() == existed
+    assert (tmp_path / "new").exists() == existed
+    if existed:
+        assert list(out.iterdir()) == []
+
+
 def test_empty_dataset(tiny):
     from datasets import Dataset
 

@@ -72,6 +72,8 @@ def test_strings_are_coerced_like_command_line_values():
         (DPOConfig, {"beta": 0.0}, "beta must be a finite number > 0"),
         (DPOConfig, {"beta": float("inf")}, "beta must be a finite number > 0, got inf"),
         (SFTConfig, {"eval_fraction": 1.5}, "eval_fraction must be in"),
+        (SFTConfig, {"eval_data": "held.jsonl"}, r"eval_data \(--eval-data\) is for a user task"),
+        (DPOConfig, {"eval_data": "held.jsonl"}, r"eval_data \(--eval-data\) is for user pairs"),
         (PretrainConfig, {"mixed_precision": "fp8"}, "unknown mixed_precision 'fp8'"),
     ],
 )

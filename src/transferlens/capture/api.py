@@ -15,7 +15,7 @@ from typing import Any
 from .align import alignment_record, check_pair_selection
 from .config import CaptureConfig, as_handle, make_side, resolve_sites
 from .engine import STORAGE_DTYPES, engines
-from .folder import check_space, prepare_out, unwritable
+from .folder import check_space, new_folders, prepare_out, remove_empty, unwritable
 from .inputs import ExampleSource
 from .manifest import build_manifest, check_compatible
 from .plan import Plan, Side, make_plan, prepare_batch
@@ -84,6 +84,7 @@ def _run(
                 "(different number of layers?); name the sites explicitly"
             )
     source = ExampleSource(data, **columns)
+    made = [f for p in outs or () for f in new_folders(p)]  # removed again if the pre-pass fails
     existing = [prepare_out(p, overwrite) for p in outs] if outs is not None else None
 
     # pre-pass: examples to temporary files (stores) or lists (memory)
@@ -121,6 +122,7 @@ def _run(
         for f in tmp_files:
             f.close()
             Path(f.name).unlink(missing_ok=True)
+        remove_empty(made)
         raise
     for f in tmp_files:
         f.close()

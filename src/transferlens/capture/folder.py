@@ -15,7 +15,7 @@ from .plan import Plan
 from .store import EXAMPLES, MANIFEST
 from .writer import StoreWriteError
 
-__all__ = ["check_space", "prepare_out", "unwritable"]
+__all__ = ["check_space", "new_folders", "prepare_out", "remove_empty", "unwritable"]
 
 log = logging.getLogger("transferlens.capture")
 
@@ -46,6 +46,24 @@ def prepare_out(path: Path, overwrite: bool) -> dict[str, Any] | None:
     except OSError as e:
         raise unwritable(path, e) from None
     return None
+
+
+def new_folders(path: Path) -> list[Path]:
+    """The folders that creating ``path`` (with its parents) would make, deepest first."""
+    out = []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty: undo a failed start."""
+    for f in folders:
+        try:
+            f.rmdir()
+        except OSError:  # not empty (or gone): leave it and everything above
+            return
 
 
 def unwritable(path: Path, err: OSError) -> OSError:

@@ -335,6 +335,11 @@ class SFTConfig(FinetuneConfig):
         super().validate()
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction!r}")
+        if self.eval_data and self.task in ("topic", "translation"):
+            raise ValueError(
+                f"eval_data (--eval-data) is for a user task (--task FILE.jsonl); the built-in "
+                f"task {self.task!r} holds out the corpus test split itself"
+            )
 
 
 @dataclass
@@ -378,5 +383,10 @@ class DPOConfig(FinetuneConfig):
         super().validate()
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}")
+        if self.eval_data and self.pairs == "builtin":
+            raise ValueError(
+                "eval_data (--eval-data) is for user pairs (--pairs FILE.jsonl); the built-in "
+                "pairs hold out the corpus test split themselves"
+            )
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction!r}")
