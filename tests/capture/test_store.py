@@ -184,6 +184,56 @@ def test_out_folder_errors(tiny, texts, tmp_path):
         ActivationStore(tmp_path / "busy")
 
 
+def _cut(path, keep: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+_DAMAGE = {
+    "manifest cut": (lambda d: _cut(d / "manifest.json", 0.5), "manifest.json is damaged ("),
+    "manifest a list": (
+        lambda d: (d / "manifest.json").write_text("[1]"),
+        "is not a transferlens activation store manifest",
+    ),
+    "examples cut": (lambda d: _cut(d / "examples.jsonl", 0.5), "examples.jsonl:"),
+    "examples gone": (lambda d: (d / "examples.jsonl").unlink(), "no such examples file"),
+    "shard cut": (
+        lambda d: _cut(d / "acts" / "resid_post.1" / "00000.npy", 0.5),
+        "shard acts/resid_post.1/00000.npy is damaged (",
+    ),
+    "shard gone": (
+        lambda d: (d / "acts" / "resid_post.1" / "00000.npy").unlink(),
+        "shard acts/resid_post.1/00000.npy is missing",
+    ),
+    "shard of another shape": (
+        lambda d: np.save(d / "acts" / "resid_post.1" / "00000.npy", np.zeros((3, 2), "f4")),
+        "holds float32 (3, 2), the manifest says float32 (",
+    ),
+    "shard of objects": (
+        lambda d: np.save(
+            d / "acts" / "resid_post.1" / "00000.npy", np.array([{}], object), allow_pickle=True
+        ),
+        "is damaged (",
+    ),
+    "rows cut": (lambda d: _cut(d / "rows" / "00000.npy", 0.5), "shard rows/00000.npy is damaged"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(_DAMAGE))
+def test_a_damaged_store_says_what_and_how_to_fix_it(tiny, texts, tmp_path, how):
+    out = tmp_path / "store"
+    capture(tiny("gpt2"), texts, SITES, out=out)
+    damage, expected = _DAMAGE[how]
+    damage(out)
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        store = ActivationStore(out)
+        store.read("resid_post.1")
+        store.rows  # noqa: B018 - reads the rows shards and the examples file
+    msg = str(info.value)
+    assert expected in msg and "\n" not in msg
+    assert "run the capture again with overwrite=True (--overwrite)" in msg
+
+
 def _fail_after(monkeypatch, n_ok):
     calls = {"n": 0}
     real = writer_mod._write

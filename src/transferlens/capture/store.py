@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import first_line
+from ..jsonl import json_lines
 from .select import ROW_DTYPE
 
 __all__ = ["ActivationStore", "Activations", "ShardedArray", "bf16_to_float32"]
@@ -42,6 +44,7 @@ _RESERVED = {
     "word",
 }
 EXAMPLES = "examples.jsonl"
+_RECAPTURE = "run the capture again with overwrite=True (--overwrite)"
 
 
 def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -51,6 +54,11 @@ def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
 
 def site_dir_name(site: str) -> str:
     return site
+
+
+def storage_numpy_dtype(dtype: str) -> np.dtype:
+    """The NumPy dtype shards of a store in ``dtype`` are written in (bfloat16 as raw bits)."""
+    return np.dtype({"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}[dtype])
 
 
 def shard_name(k: int) -> str:
@@ -241,9 +249,17 @@ class ActivationStore(_Table):
         mpath = self.path / MANIFEST
         if not mpath.exists():
             raise FileNotFoundError(f"{self.path}: no activation store here (no {MANIFEST})")
-        self.manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        if self.manifest.get("format") != "transferlens.activations":
-            raise ValueError(f"{mpath} is not a transferlens activation store manifest")
+        try:
+            self.manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{mpath} is damaged ({first_line(e)}); {_RECAPTURE}") from None
+        if (
+            not isinstance(self.manifest, dict)
+            or self.manifest.get("format") != "transferlens.activations"
+        ):
+            raise ValueError(
+                f"{mpath} is not a transferlens activation store manifest; {_RECAPTURE}"
+            )
         finished = set(self.manifest.get("finished", []))
         n_shards = len(self.manifest["shards"])
         if not self.manifest.get("complete") and not allow_incomplete:
@@ -282,9 +298,32 @@ class ActivationStore(_Table):
             site = canon
         return site
 
+    def _shard(self, rel: str, k: int, dtype: np.dtype, row_shape: tuple[int, ...]) -> np.ndarray:
+        """Shard ``k`` under ``rel`` (memory-mapped), checked against the manifest."""
+        path = self.path / rel / shard_name(k)
+        where = f"{self.path}: shard {rel}/{shard_name(k)}"
+        if not path.is_file():
+            raise FileNotFoundError(f"{where} is missing; {_RECAPTURE}")
+        try:
+            a = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{where} is damaged ({first_line(e)}); {_RECAPTURE}") from None
+        want = (self._shard_rows[k], *row_shape)
+        if a.shape != want or a.dtype != dtype:
+            raise ValueError(
+                f"{where} holds {a.dtype} {a.shape}, the manifest says {dtype} {want}; {_RECAPTURE}"
+            )
+        return a
+
+    @cached_property
+    def _shard_rows(self) -> dict[int, int]:
+        return {s["index"]: int(s["rows"]) for s in self.manifest["shards"]}
+
     def _parts(self, site: str) -> list[np.ndarray]:
-        folder = self.path / "acts" / site_dir_name(site)
-        return [np.load(folder / shard_name(k), mmap_mode="r") for k in self.shard_ids]
+        rel = f"acts/{site_dir_name(site)}"
+        dtype = storage_numpy_dtype(self.dtype)
+        shape = tuple(self.manifest["row_shapes"][site])
+        return [self._shard(rel, k, dtype, shape) for k in self.shard_ids]
 
     def read(self, site: str) -> ShardedArray:
         """Activations at ``site``: a memory-mapped ``(n_rows, ...)`` array (see
@@ -312,12 +351,15 @@ class ActivationStore(_Table):
         return torch.cat(ts) if len(ts) != 1 else ts[0]
 
     def _meta(self) -> np.ndarray:
-        parts = [np.load(self.path / "rows" / shard_name(k), mmap_mode="r") for k in self.shard_ids]
+        parts = [self._shard("rows", k, ROW_DTYPE, ()) for k in self.shard_ids]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=ROW_DTYPE)
 
     def _example_records(self) -> list[dict[str, Any]]:
-        with open(self.path / EXAMPLES, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        path = self.path / EXAMPLES
+        try:
+            return [rec for _, rec in json_lines(path, "examples file of the store")]
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"{e}; {_RECAPTURE}") from None
 
 
 class Activations(_Table):

@@ -28,7 +28,7 @@ import torch
 from ..errors import TransferlensError
 from ..results import atomic_write_text
 from .select import ROW_DTYPE
-from .store import MANIFEST, shard_name, site_dir_name
+from .store import MANIFEST, shard_name, site_dir_name, storage_numpy_dtype
 
 __all__ = ["MemoryWriter", "StoreWriteError", "StoreWriter", "to_numpy", "write_manifest"]
 
@@ -48,10 +48,6 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(np.uint16)
     return t.numpy()
-
-
-def storage_numpy_dtype(dtype: str) -> np.dtype:
-    return np.dtype({"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}[dtype])
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
