@@ -185,3 +185,22 @@ def test_cli_report_on_a_damaged_results_json(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'value' must be a number or null" in err and "Traceback" not in err
     assert not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"models": ', "manifest.json: not valid JSON ("),
+        ("[1]", "manifest.json: not a report manifest"),
+        ('{"models": {"base": "x"}}', "manifest.json: not a report manifest"),
+    ],
+)
+def test_cli_report_on_a_damaged_manifest(tmp_path, capsys, text, expected):
+    from transferlens.cli import main
+
+    save_results(tmp_path / "results.json", synthetic_results(2))
+    (tmp_path / "manifest.json").write_text(text)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert "delete it to render without the provenance lines" in err

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TransferlensError
+from ..errors import TransferlensError, first_line
 from ..results import AnalysisResult, atomic_write_text, load_results
 from . import figures as F
 from .style import Style, get_style, use_style
@@ -239,9 +239,7 @@ def render_report(
         raise TransferlensError(f"{report_dir}: no results.json; is this a transferlens report?")
     results, meta = load_results(report_dir / "results.json")
     by_name = {r.name: r for r in results}
-    manifest = {}
-    if (report_dir / "manifest.json").exists():
-        manifest = json.loads((report_dir / "manifest.json").read_text())
+    manifest = _read_manifest(report_dir / "manifest.json")
     for sub in ("figures", "data", "tables"):
         (report_dir / sub).mkdir(exist_ok=True)
     fmts = list(dict.fromkeys(list(formats) + ["png"]))  # the HTML embeds PNGs
@@ -319,6 +317,26 @@ def _notes(meta: dict, by_name: dict[str, AnalysisResult]) -> list[str]:
                 seen.add(n)
                 notes.append(f"{r.name}: {n}")
     return notes
+
+
+def _read_manifest(path: Path) -> dict:
+    """The report's ``manifest.json`` (provenance shown on the page), or ``{}`` if absent."""
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{path}: not valid JSON ({first_line(e)}); restore it, or delete it to render "
+            "without the provenance lines"
+        ) from None
+    models = (manifest.get("models") or {}) if isinstance(manifest, dict) else None
+    if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
+        raise ValueError(
+            f"{path}: not a report manifest (an object with 'models', 'command', ...); restore "
+            "it, or delete it to render without the provenance lines"
+        )
+    return manifest
 
 
 def _models_line(manifest: dict) -> list[str]:
