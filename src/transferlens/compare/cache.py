@@ -57,8 +57,8 @@ class StageCache:
                         [AnalysisResult.from_dict(r) for r in doc["results"]],
                         doc.get("meta", {}),
                     )
-            except (ValueError, KeyError):
-                pass  # unreadable or old: recompute
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass  # unreadable, damaged or old: recompute
         results, meta = compute()
         doc = {
             "key": key,
