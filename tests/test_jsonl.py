@@ -21,3 +21,18 @@ def test_errors_name_the_file_and_the_line(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(FileNotFoundError, match=r"nope\.jsonl: no such prompts file$"):
         list(json_lines(tmp_path / "nope.jsonl", "prompts file"))
+
+
+def test_text_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes('{"text": "ok"}\n{"text": "Göteborg"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError) as e:
+        list(json_lines(p, "training file"))
+    assert str(e.value) == (f"{p}:2: not UTF-8 text (byte 0xf6); save the training file as UTF-8")
+
+
+def test_only_newlines_end_a_line(tmp_path):
+    # JSON strings may hold U+2028 and other separators raw; Windows line ends are fine
+    p = tmp_path / "x.jsonl"
+    p.write_bytes('{"text": "a\u2028b\x85c"}\r\n{"text": "d"}\n'.encode())
+    assert list(json_lines(p)) == [(1, {"text": "a\u2028b\x85c"}), (2, {"text": "d"})]

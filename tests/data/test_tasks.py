@@ -244,6 +244,27 @@ def test_conllu_other_columns_and_features(tmp_path):
         parse_conllu(tmp_path / "bad.conllu")
 
 
+@pytest.mark.parametrize("word_id", ["x", "1-x", "1.x", "01", "0"])
+def test_conllu_id_column_is_checked(tmp_path, word_id):
+    path = tmp_path / "t.conllu"
+    path.write_text(CONLLU.replace("3\ttill\t", f"{word_id}\ttill\t"))
+    with pytest.raises(ValueError) as e:
+        parse_conllu(path)
+    assert str(e.value) == (
+        f"{path}:5: the ID column must be a word number (3), a range (3-4) or an empty node "
+        f"(3.1), not {word_id!r}"
+    )
+
+
+def test_conllu_empty_node_before_the_first_word_and_non_utf8(tmp_path):
+    path = tmp_path / "t.conllu"
+    path.write_text("0.1\tgeht\tgehen\tVERB\t_\t_\t_\t_\t0:root\t_\n" + CONLLU)
+    assert parse_conllu(path)[0]["words"] == ["Vi", "går", "till", "stan", "."]
+    path.write_bytes(CONLLU.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"t\.conllu:2: not UTF-8 text \(byte 0xe5\)"):
+        parse_conllu(path)
+
+
 def test_hf_dataset_from_local_folder_and_data_argument(tmp_path):
     from datasets import Dataset, DatasetDict
 

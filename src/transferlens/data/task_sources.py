@@ -5,13 +5,16 @@ datasets (read by :class:`~transferlens.data.tasks.ProbeTask`).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from ..jsonl import json_lines
+from ..jsonl import json_lines, read_utf8
 
 __all__ = ["parse_conllu"]
 
+# a word (3), a multiword token (3-4) or an empty node (3.1, or 0.1 before the first word)
+_CONLLU_ID = re.compile(r"[1-9][0-9]*(-[1-9][0-9]*)?|(0|[1-9][0-9]*)\.[1-9][0-9]*")
 _CONLLU = ("id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc")
 
 
@@ -87,7 +90,7 @@ def parse_conllu(path: str | os.PathLike, *, multiword: str = "first") -> list[d
         toks.clear()
         meta.clear()
 
-    for ln, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for ln, line in enumerate(read_utf8(path, "CoNLL-U file").splitlines(), 1):
         if not line.strip():
             flush()
         elif line.startswith("#"):
@@ -99,6 +102,11 @@ def parse_conllu(path: str | os.PathLike, *, multiword: str = "first") -> list[d
             if len(cols) != 10:
                 raise ValueError(
                     f"{path}:{ln}: a CoNLL-U word line has 10 tab-separated columns, got {len(cols)}"
+                )
+            if not _CONLLU_ID.fullmatch(cols[0]):
+                raise ValueError(
+                    f"{path}:{ln}: the ID column must be a word number (3), a range (3-4) or an "
+                    f"empty node (3.1), not {cols[0]!r}"
                 )
             if "." not in cols[0]:
                 toks.append((cols[0], cols))
