@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .jsonl import read_utf8
+
 SCHEMA_VERSION = 1
 
 __all__ = [
@@ -192,9 +194,7 @@ def load_results(path: str | os.PathLike) -> tuple[list[AnalysisResult], dict[st
     """Read ``results.json`` written by :func:`save_results`; returns (results, meta)."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such results file") from None
+        doc = json.loads(read_utf8(path, "results file"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(doc, dict) or "results" not in doc:

@@ -234,6 +234,17 @@ def test_a_damaged_store_says_what_and_how_to_fix_it(tiny, texts, tmp_path, how)
     assert "run the capture again with overwrite=True (--overwrite)" in msg
 
 
+def test_a_store_with_a_damaged_manifest_is_replaced_only_on_request(tiny, texts, tmp_path):
+    h = tiny("gpt2")
+    out = tmp_path / "store"
+    capture(h, texts, SITES, out=out)
+    _cut(out / "manifest.json", 0.5)
+    with pytest.raises(ValueError, match="manifest.json is damaged; pass overwrite=True"):
+        capture(h, texts, SITES, out=out)
+    capture(h, texts, SITES, out=out, overwrite=True)
+    assert ActivationStore(out).n_rows > 0
+
+
 def _fail_after(monkeypatch, n_ok):
     calls = {"n": 0}
     real = writer_mod._write

@@ -79,6 +79,9 @@ def test_unknown_task_and_bad_files(tmp_path):
     bad.write_text("name: x\nlevel: example\nsource: jsonl\nlabel: y\n")
     with pytest.raises(ValueError, match="needs a path"):
         load_task(bad)
+    bad.write_bytes("name: \u00e5r\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"bad\.yaml:1: not UTF-8 text \(byte 0xe5\)"):
+        load_task(bad)
 
 
 @pytest.mark.parametrize(

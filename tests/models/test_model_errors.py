@@ -325,6 +325,14 @@ def test_peft_folder_whose_base_is_missing(capsys, tmp_path, llama_files):
         load_model(folder)
 
 
+def test_peft_config_that_is_not_an_object(capsys, tmp_path, llama_files):
+    folder = tmp_path / "adapter"
+    shutil.copytree(llama_files["peft"], folder)
+    (folder / "adapter_config.json").write_text("[1, 2]")
+    msg = cli_error(capsys, tmp_path, str(folder))
+    assert msg.endswith("adapter_config.json is not a JSON object")
+
+
 def test_folder_that_is_no_model(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     assert "holds no config.json" in cli_error(capsys, tmp_path, str(tmp_path / "empty"))

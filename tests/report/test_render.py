@@ -204,3 +204,10 @@ def test_cli_report_on_a_damaged_manifest(tmp_path, capsys, text, expected):
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
     assert "delete it to render without the provenance lines" in err
+
+
+def test_results_json_that_is_not_utf8(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_bytes('{"results": [], "meta": {"title": "Göteborg"}}'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"results\.json:1: not UTF-8 text \(byte 0xf6\)"):
+        load_results(path)

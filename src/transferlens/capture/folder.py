@@ -31,7 +31,16 @@ def prepare_out(path: Path, overwrite: bool) -> dict[str, Any] | None:
     if path.exists():
         entries = {p.name for p in path.iterdir() if not p.name.endswith(".tmp")}
         if MANIFEST in entries and not overwrite:
-            return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+            try:
+                manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+            except ValueError as e:  # cut JSON or not UTF-8
+                manifest = e
+            if not isinstance(manifest, dict):
+                raise ValueError(
+                    f"out={path} holds a store whose {MANIFEST} is damaged; pass "
+                    "overwrite=True (--overwrite) to capture it again"
+                )
+            return manifest
         if entries - _OURS:
             raise FileExistsError(
                 f"out={path} exists and is not an activation store; choose a new or empty folder"

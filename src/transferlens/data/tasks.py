@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..jsonl import read_utf8
 from .task_sources import _load_hf, _read_jsonl, _word_field, parse_conllu
 
 __all__ = [
@@ -320,7 +321,7 @@ def load_task(name_or_path: str | os.PathLike) -> ProbeTask:
             )
         p = found[0]
     try:
-        d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        d = yaml.safe_load(read_utf8(p, "probe task file"))
     except yaml.YAMLError as e:
         raise ValueError(f"{p}: not valid YAML ({e})") from None
     if not isinstance(d, dict):

@@ -249,6 +249,8 @@ def load_peft_dir(path: Path, *, merge: bool, load_base) -> Loaded:
         cfg = json.loads((path / "adapter_config.json").read_text())
     except (OSError, ValueError) as e:
         raise TransferlensError(f"{path}: cannot read adapter_config.json ({e})") from None
+    if not isinstance(cfg, dict):
+        raise TransferlensError(f"{path}: adapter_config.json is not a JSON object")
     base_ref = cfg.get("base_model_name_or_path")
     if not base_ref:
         raise TransferlensError(
