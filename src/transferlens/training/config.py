@@ -212,6 +212,11 @@ class PretrainConfig(TrainConfig):
             raise ValueError(f"unknown arch {self.arch!r}; use llama or gpt2")
         if not self.languages:
             raise ValueError("languages is empty; name at least one corpus language (e.g. en)")
+        for name in ("n_layers", "d_model", "n_heads", "d_ff"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_kv_heads is not None and int(self.n_kv_heads) <= 0:
+            raise ValueError(f"n_kv_heads must be a positive integer, got {self.n_kv_heads!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         kv = self.n_kv_heads or self.n_heads
@@ -222,9 +227,6 @@ class PretrainConfig(TrainConfig):
                 f"vocab_size {self.vocab_size} is too small for byte-level BPE (256 bytes + "
                 "special tokens); use at least 300"
             )
-        for name in ("n_layers", "d_model", "n_heads", "d_ff"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be a positive integer")
 
 
 @dataclass
@@ -260,6 +262,10 @@ class FinetuneConfig(TrainConfig):
             raise ValueError(f"lora_r must be a positive integer, got {self.lora_r!r}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.max_examples is not None and int(self.max_examples) <= 0:
+            raise ValueError(
+                f"max_examples must be a positive integer (or None: all), got {self.max_examples!r}"
+            )
         if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ValueError(f"lora_alpha must be a finite number > 0, got {self.lora_alpha!r}")
 
