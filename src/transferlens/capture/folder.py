@@ -33,8 +33,8 @@ def prepare_out(path: Path, overwrite: bool) -> dict[str, Any] | None:
         if MANIFEST in entries and not overwrite:
             try:
                 manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-            except ValueError as e:  # cut JSON or not UTF-8
-                manifest = e
+            except ValueError:  # cut JSON or not UTF-8
+                manifest = None
             if not isinstance(manifest, dict):
                 raise ValueError(
                     f"out={path} holds a store whose {MANIFEST} is damaged; pass "
