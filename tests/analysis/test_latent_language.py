@@ -96,6 +96,13 @@ def test_load_word_list(tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         load_word_list(bad)
+    bad.write_text('{"en": "dog", "sv": "hund"}\n{"en": ["dog"], "sv": "hund"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: expected an object of words like"):
+        load_word_list(bad)
+    latin = tmp_path / "w2.csv"
+    latin.write_bytes("en,sv\nisland,ö\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"w2\.csv:2: not UTF-8 text \(byte 0xf6\)"):
+        load_word_list(latin)
 
 
 # --------------------------------------------------------------------------- token sets

@@ -12,6 +12,7 @@ whose token sets overlap between languages, and counts them.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..jsonl import json_lines
+from ..jsonl import json_lines, read_utf8
 
 __all__ = [
     "MinedPairs",
@@ -153,14 +154,19 @@ def load_word_list(path: str | Path) -> list[dict[str, str]]:
     items: list[dict[str, str]] = []
     if path.suffix.lower() in (".jsonl", ".json"):
         for i, obj in json_lines(path, "word-list file"):
-            if not isinstance(obj, dict):
-                raise ValueError(f'{path}:{i}: expected an object like {{"en": ..., "sv": ...}}')
-            items.append({str(k): str(v).strip() for k, v in obj.items() if v is not None})
+            bad = not isinstance(obj, dict) or any(
+                not isinstance(v, str) for v in obj.values() if v is not None
+            )
+            if bad:
+                raise ValueError(
+                    f'{path}:{i}: expected an object of words like {{"en": "house", "sv": "hus"}}'
+                )
+            items.append({str(k): v.strip() for k, v in obj.items() if v is not None})
     elif path.suffix.lower() in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            delim = "\t" if path.suffix.lower() == ".tsv" else ","
-            for row in csv.DictReader(f, delimiter=delim):
-                items.append({k.strip(): (v or "").strip() for k, v in row.items() if k})
+        text = read_utf8(path, "word-list file")
+        delim = "\t" if path.suffix.lower() == ".tsv" else ","
+        for row in csv.DictReader(io.StringIO(text, newline=""), delimiter=delim):
+            items.append({k.strip(): (v or "").strip() for k, v in row.items() if k})
     else:
         raise ValueError(f"{path}: word lists are .jsonl or .csv/.tsv files")
     if not items:
