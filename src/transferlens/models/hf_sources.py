@@ -162,7 +162,7 @@ def load_hub(spec: str) -> Loaded:  # pragma: no cover - needs network
 
 
 # --------------------------------------------------------------------------- GGUF
-def gguf_damage(path: Path) -> str | None:
+def _gguf_damage(path: Path) -> str | None:
     """What is wrong with the GGUF file at ``path`` (the message after ``"<path>: "``), or None if
     its header, metadata, tensor table and every tensor's data parse."""
     import gguf
@@ -187,7 +187,7 @@ def _raise_gguf(path: Path, e: Exception, what: str) -> NoReturn:
     raised; an intact file that transformers cannot read or build (its metadata describe no
     valid model: the errors come from transformers' parsing and validation, of many kinds)
     keeps the cause."""
-    damage = gguf_damage(path)
+    damage = _gguf_damage(path)
     if damage is not None:
         raise TransferlensError(f"{path}: {damage}") from None
     raise TransferlensError(f"{path}: {what} ({type(e).__name__}: {first_line(e)})") from None
