@@ -214,6 +214,7 @@ def test_cka_bootstrap_equals_generic_bootstrap(method, debiased, grouped):
         n_boot=30,
         seed=4,
         method=method,
+        ties="keep",
         keep_distribution=True,
     )
     np.testing.assert_allclose(got.distribution, ref.distribution, atol=1e-12)

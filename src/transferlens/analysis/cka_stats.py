@@ -1,9 +1,13 @@
 """Bootstrap intervals and permutation baselines for CKA, without recomputing from scratch.
 
-:func:`cka_bootstrap` and :func:`cka_permutation_test` give the same numbers as
-:func:`~transferlens.analysis.stats.bootstrap_ci` / :func:`~transferlens.analysis.stats.
-permutation_test` wrapped around :func:`~transferlens.analysis.similarity.cka` with the same
-seed (same draws, same statistic, equal to rounding), but much faster for linear CKA.
+:func:`cka_permutation_test`, and :func:`cka_bootstrap` with ``ties="keep"``, give the same
+numbers as :func:`~transferlens.analysis.stats.permutation_test` /
+:func:`~transferlens.analysis.stats.bootstrap_ci` wrapped around
+:func:`~transferlens.analysis.similarity.cka` with the same seed (same draws, same statistic,
+equal to rounding), but much faster for linear CKA. For debiased linear CKA with one row per
+unit, :func:`cka_bootstrap` by default (``ties="exclude"``) scores each resample without
+pairing a unit with its own copy (the bootstrap of a U-statistic without ties), which removes
+the upward shift duplicated units cause.
 
 Bootstrap (linear). A resample of units is a multiplicity ``w_i`` per row (``N = Σ w_i``);
 centring *within the resample* is exact through the weighted formulas, with ``K = XXᵀ``::
@@ -11,7 +15,10 @@ centring *within the resample* is exact through the weighted formulas, with ``K 
     ‖C_xy‖² = wᵀ(K∘L)w − (2/N) Σ_i w_i (Kw)_i (Lw)_i + (wᵀKw)(wᵀLw)/N²
 
 (``C_xy`` the cross-covariance of the resampled, re-centred rows) and likewise for the unbiased
-HSIC with the diagonal terms removed. ``Kw = X(Xᵀw)`` costs ``O(n·p)`` per resample. The
+HSIC with the diagonal terms removed (``ties="keep"``). Without ties, the unbiased HSIC is
+averaged over 4-tuples of distinct original rows weighted by their multiplicities; expanding
+the sums gives the same ingredients with ``w``, ``w²``, ``w³`` in place of ``w`` (see
+:func:`_hsic_ties_excluded`). ``Kw = X(Xᵀw)`` costs ``O(n·p)`` per resample. The
 quadratic form ``wᵀ(K∘L)w`` is either aggregated once over units into a ``G × G`` matrix
 (``method="units"``, cost ``O(n²p)`` once, then ``O(G²)`` per resample) or computed as
 ``‖Xᵀ diag(w) Y‖²_F`` per resample (``method="features"``, ``O(n·p²)`` per resample).
@@ -97,6 +104,56 @@ def _cka_weighted(A, W, Xc, Yc, debiased: bool) -> torch.Tensor:
     return xy / torch.sqrt(xx * yy)
 
 
+def _distinct_weight(W: torch.Tensor) -> torch.Tensor:
+    """``Σ w_i w_j w_q w_r`` over ordered 4-tuples of distinct rows, per resample."""
+    p1, p2, p3, p4 = ((W**k).sum(1) for k in (1, 2, 3, 4))
+    return p1**4 - 6.0 * p1**2 * p2 + 3.0 * p2**2 + 8.0 * p1 * p3 - 6.0 * p4
+
+
+def _hsic_ties_excluded(S, W, kw, lw, kw2, lw2, dk, dl, c4) -> torch.Tensor:
+    """Unbiased HSIC of resamples whose copies of a unit are never paired with each other.
+
+    Song et al.'s estimator is the U-statistic ``(1/(n)_4) Σ h(i, j, q, r)`` over ordered
+    4-tuples of distinct rows with ``h = k_ij l_ij + k_ij l_qr − 2 k_ij l_iq``. For a resample
+    with multiplicities ``w``, the average runs over 4-tuples of distinct *original* rows, each
+    weighted by ``w_i w_j w_q w_r`` (equal to the estimator itself when ``w`` is all ones, and
+    invariant to translating the features like it). ``S = (s_11, s_12, s_13, s_22)`` with
+    ``s_ab = (wᵃ)ᵀ(K∘L)(wᵇ)`` of the full kernels; ``kw, lw, kw2, lw2 = Kw, Lw, Kw², Lw²``;
+    ``dk, dl`` the kernels' diagonals; ``c4`` from :func:`_distinct_weight`.
+    """
+    W2 = W * W
+    W3 = W2 * W
+    d = dk * dl
+    s11, s12, s13, s22 = S[0] - W2 @ d, S[1] - W3 @ d, S[2] - (W3 * W) @ d, S[3] - (W3 * W) @ d
+    ktw, ltw = kw - W * dk, lw - W * dl  # K̃w, L̃w (K̃: K with a zero diagonal)
+    ktw2, ltw2 = kw2 - W2 * dk, lw2 - W2 * dl
+    p1, p2 = W.sum(1), W2.sum(1)
+    t_w2ww = (W2 * ktw * ltw).sum(1) - s22  # Σ w_i² w_j w_q k_ij l_iq over distinct i, j, q
+    pairs = (p1**2 - p2) * s11 - 4.0 * p1 * s12 + 4.0 * s13 + 2.0 * s22
+    quads = (W * ktw).sum(1) * (W * ltw).sum(1) - 4.0 * t_w2ww - 2.0 * s22
+    triples = (
+        p1 * ((W * ktw * ltw).sum(1) - s12)
+        - t_w2ww
+        - ((W * ktw2 * ltw).sum(1) - s13)
+        - ((W * ktw * ltw2).sum(1) - s13)
+    )
+    return (pairs + quads - 2.0 * triples) / c4
+
+
+def _cka_ties_excluded(S, W, Xc, Yc) -> torch.Tensor:
+    """Debiased CKA of resamples (one row per unit) without pairs of copies (see
+    :func:`_hsic_ties_excluded`); ``S[q]`` holds the four quadratic forms of (K∘L, K∘K, L∘L)."""
+    W2 = W * W
+    kw, lw = (W @ Xc) @ Xc.T, (W @ Yc) @ Yc.T
+    kw2, lw2 = (W2 @ Xc) @ Xc.T, (W2 @ Yc) @ Yc.T
+    dk, dl = Xc.square().sum(1), Yc.square().sum(1)
+    c4 = _distinct_weight(W)
+    xy = _hsic_ties_excluded(S[0], W, kw, lw, kw2, lw2, dk, dl, c4)
+    xx = _hsic_ties_excluded(S[1], W, kw, kw, kw2, kw2, dk, dk, c4)
+    yy = _hsic_ties_excluded(S[2], W, lw, lw, lw2, lw2, dl, dl, c4)
+    return xy / torch.sqrt(xx * yy)
+
+
 def cka_bootstrap(
     X: ArrayLike,
     Y: ArrayLike,
@@ -110,14 +167,23 @@ def cka_bootstrap(
     seed: int = 0,
     keep_distribution: bool = False,
     method: Literal["auto", "units", "features"] = "auto",
+    ties: Literal["auto", "exclude", "keep"] = "auto",
     name: str | None = None,
 ) -> BootstrapResult:
     """CKA with a percentile bootstrap interval over units (rows or groups of rows).
 
-    The same draws and statistic as ``bootstrap_ci(lambda x, y: cka(x, y, ...), X, Y,
-    groups=groups, seed=seed)``; every resample is re-centred. Linear CKA uses the fast exact
-    formulas in the module docs; RBF CKA recomputes each resample (its bandwidth depends on
-    the resample's median distance).
+    A resample draws units with replacement, so it holds copies of some units. A copy paired
+    with itself looks perfectly aligned, and the resampled CKA sits above the full-data value
+    (by ≈ 0.1 with 60 units of 64 dimensions). With ``ties="exclude"`` (debiased linear CKA,
+    one row per unit: the default there) each resample's unbiased HSIC averages over tuples of
+    distinct units only, weighted by their multiplicities (the bootstrap of a U-statistic
+    without ties), which removes that shift. With ``ties="keep"`` the resample is scored like
+    any data set: the same draws and statistic as ``bootstrap_ci(lambda x, y: cka(x, y, ...),
+    X, Y, groups=groups, seed=seed)``, every resample re-centred; biased CKA, RBF CKA and
+    units of several rows always resample this way (a warning is logged when the full-data
+    value falls outside its interval). Linear CKA uses the fast exact formulas in the module
+    docs; RBF CKA recomputes each resample (its bandwidth depends on the resample's median
+    distance).
 
     Args:
         X: ``n × p1`` activations.
@@ -132,6 +198,8 @@ def cka_bootstrap(
         keep_distribution: keep the resampled values.
         method: linear only: ``"units"`` (``G × G`` aggregation; needs ``G <= 2048``),
             ``"features"`` or ``"auto"`` (cheaper of the two).
+        ties: ``"exclude"`` (debiased linear CKA with one row per unit only), ``"keep"``,
+            or ``"auto"`` (``"exclude"`` where it applies, else ``"keep"``).
         name: label of the data for error messages.
 
     Returns:
@@ -141,6 +209,7 @@ def cka_bootstrap(
         X, Y, name=name, min_n=4 if debiased else 2, why="debiased CKA (unbiased HSIC)"
     )
     if kind == "rbf":
+        _exclude_ties(ties, False, 0, 1)  # checks the value: RBF keeps ties
         return bootstrap_ci(
             lambda x, y: cka(x, y, kind="rbf", threshold=threshold, debiased=debiased, name=name),
             Xt,
@@ -156,6 +225,7 @@ def cka_bootstrap(
     value = cka(Xt, Yt, debiased=debiased, name=name)
     units = Units(Xt.shape[0], groups)
     n, p1, p2, G = Xt.shape[0], Xt.shape[1], Yt.shape[1], units.count
+    exclude = _exclude_ties(ties, debiased, n, G)
     Xc, Yc = _center(Xt), _center(Yt)
     Xc, Yc = Xc / torch.linalg.matrix_norm(Xc), Yc / torch.linalg.matrix_norm(Yc)
     if method == "auto":
@@ -177,20 +247,61 @@ def cka_bootstrap(
             np.stack([np.bincount(ch, minlength=G) for ch in chosen]).astype(np.float64)
         ).to(Xc.device)
         W = m[:, ids]
-        if Q is not None:
-            A = [((m @ Q[q]) * m).sum(1) for q in range(3)]
+        S = _quadratic_forms(m, W, Q, Xc, Yc, exclude)
+        if exclude:
+            got = _cka_ties_excluded(S, W, Xc, Yc)
         else:
-            A = [torch.empty(len(chosen), dtype=torch.float64, device=Xc.device) for _ in range(3)]
-            for k in range(len(chosen)):
-                rows = torch.nonzero(W[k]).flatten()
-                xw = Xc[rows] * W[k, rows, None]
-                A[0][k] = (xw.T @ Yc[rows]).square().sum()
-                A[1][k] = (xw.T @ Xc[rows]).square().sum()
-                A[2][k] = ((Yc[rows] * W[k, rows, None]).T @ Yc[rows]).square().sum()
-        dist[c0 : c0 + len(chosen)] = _cka_weighted(A, W, Xc, Yc, debiased).cpu().numpy()
+            got = _cka_weighted([f[0] for f in S], W, Xc, Yc, debiased)
+        dist[c0 : c0 + len(chosen)] = got.cpu().numpy()
     return finish_bootstrap(
         value, dist, level=level, n_units=G, keep_distribution=keep_distribution
     )
+
+
+def _exclude_ties(ties: str, debiased: bool, n: int, G: int) -> bool:
+    if ties not in ("auto", "exclude", "keep"):
+        raise ValueError(f"ties must be 'auto', 'exclude' or 'keep'; got {ties!r}")
+    applies = debiased and G == n
+    if ties == "exclude" and not applies:
+        raise ValueError(
+            "ties='exclude' needs debiased=True and one row per unit (groups=None or every "
+            "group one row); use ties='keep' (or 'auto')"
+        )
+    return applies and ties != "keep"
+
+
+def _quadratic_forms(m, W, Q, Xc, Yc, powers: bool) -> list[torch.Tensor]:
+    """Per kernel product (K∘L, K∘K, L∘L), per resample: ``wᵀ(·)w`` and, if ``powers``, also
+    ``wᵀ(·)w²``, ``wᵀ(·)w³`` and ``(w²)ᵀ(·)(w²)`` (rows of the returned ``k × c`` tensors),
+    from the unit aggregates ``Q`` or the features."""
+    c, dev = W.shape[0], Xc.device
+    k = 4 if powers else 1
+    if Q is not None:
+        out = []
+        for q in range(3):
+            MQ = m @ Q[q]
+            rows = [(MQ * m).sum(1)]
+            if powers:
+                m2 = m * m
+                M2Q = m2 @ Q[q]
+                rows += [(MQ * m2).sum(1), (MQ * (m2 * m)).sum(1), (M2Q * m2).sum(1)]
+            out.append(torch.stack(rows))
+        return out
+    out = [torch.empty(k, c, dtype=torch.float64, device=dev) for _ in range(3)]
+    for r in range(c):
+        rows = torch.nonzero(W[r]).flatten()
+        w = W[r, rows, None]
+        x, y = Xc[rows], Yc[rows]
+        for q, (left, right) in enumerate(((x, y), (x, x), (y, y))):
+            M1 = (left * w).T @ right
+            out[q][0, r] = M1.square().sum()
+            if powers:
+                M2 = (left * (w * w)).T @ right
+                M3 = (left * (w * w * w)).T @ right
+                out[q][1, r] = (M1 * M2).sum()
+                out[q][2, r] = (M1 * M3).sum()
+                out[q][3, r] = M2.square().sum()
+    return out
 
 
 def cka_permutation_test(

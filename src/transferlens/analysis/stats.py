@@ -13,7 +13,8 @@
 Everything is deterministic given ``seed`` (a :class:`numpy.random.Generator`). The resampling
 scheme (:func:`unit_draws`, :func:`permutation_draws`) is shared with
 :mod:`transferlens.analysis.cka_stats`, whose fast CKA versions give the same numbers as these
-generic functions for the same seed.
+generic functions for the same seed (for debiased CKA with one row per unit, the bootstrap
+there by default excludes pairs of copies instead: see its docs).
 """
 
 from __future__ import annotations
