@@ -124,9 +124,11 @@ def _store(into: dict, key: int):
     return fn
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3"])
 def test_counts_match_an_independent_recomputation(tiny, family):
-    """Recompute the MLP hidden activation from resid_mid (read with site_hooks) by hand."""
+    """Recompute the MLP hidden activation from resid_mid (read with site_hooks) by hand:
+    for gated MLPs ``act(gate(x))`` as in Tang et al.'s code, whatever the sign of ``up(x)``
+    (random weights: ``up(x)`` takes both signs, so ``act(gate(x)) · up(x)`` would differ)."""
     h = tiny(family, n_layers=2)
     texts = {"en": ["The quick brown fox", "Choose Format - Cells"], "sv": ["Välj Format"]}
     counts = neuron_activation_counts(h, texts, batch_size=8, n_groups=1)
@@ -142,8 +144,14 @@ def test_counts_match_an_independent_recomputation(tiny, family):
                 if family == "gpt2":
                     act = blk.mlp.act(blk.mlp.c_fc(blk.ln_2(mids[i])))
                 else:
-                    x = blk.post_attention_layernorm(mids[i])
-                    act = blk.mlp.act_fn(blk.mlp.gate_proj(x)) * blk.mlp.up_proj(x)
+                    norm = (
+                        "pre_feedforward_layernorm"
+                        if family == "gemma3"
+                        else "post_attention_layernorm"
+                    )
+                    x = getattr(blk, norm)(mids[i])
+                    act = blk.mlp.act_fn(blk.mlp.gate_proj(x))
+                    assert ((act > 0) != (act * blk.mlp.up_proj(x) > 0)).any()
             want = ((act > 0) & valid[..., None]).sum(dim=(0, 1)).numpy()
             np.testing.assert_array_equal(counts.positive[k, :, i].sum(0), want)
 

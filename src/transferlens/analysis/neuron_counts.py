@@ -1,9 +1,12 @@
 """MLP neuron activation counts per language: the input of the LAPE selection
 (:mod:`transferlens.analysis.neurons`).
 
-A *neuron* is one unit of an MLP's hidden layer after the nonlinearity (the input of the
-down projection; :data:`NEURON_INPUTS` names that module per model family). Counts are kept
-per language and per group of texts, so that the selection can be bootstrapped over texts.
+A *neuron* is one unit of an MLP's hidden layer after the nonlinearity, as in Tang et al.'s
+reference implementation: for gated MLPs (Llama, Gemma 3) the output of the activation
+function, ``act(gate(x))`` — not the down projection's input ``act(gate(x)) · up(x)``, whose
+sign also depends on ``up(x)``; for GPT-2 and BERT (no gate) the down projection's input.
+:data:`NEURON_INPUTS` names the module per model family. Counts are kept per language and
+per group of texts, so that the selection can be bootstrapped over texts.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from .lens import encode_right_padded
 
 __all__ = ["NEURON_INPUTS", "NeuronCounts", "neuron_activation_counts"]
 
-# family -> path, relative to a block, of the module whose *input* is the MLP's neurons.
-NEURON_INPUTS: dict[str, str] = {
-    "gpt2": "mlp.c_proj",
-    "llama": "mlp.down_proj",
-    "gemma3": "mlp.down_proj",
-    "bert": "output.dense",
+# family -> (path relative to a block, "input" or "output"): the module whose input or
+# output holds the MLP's neurons, act(gate(x)) for gated MLPs.
+NEURON_INPUTS: dict[str, tuple[str, str]] = {
+    "gpt2": ("mlp.c_proj", "input"),
+    "llama": ("mlp.act_fn", "output"),
+    "gemma3": ("mlp.act_fn", "output"),
+    "bert": ("output.dense", "input"),
 }
 
 
@@ -42,20 +46,29 @@ def _module(block: nn.Module, path: str) -> nn.Module:
 def _neuron_inputs(sitemap: SiteMap, fn: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
     """Call ``fn(layer, neurons)`` with each block's MLP hidden activations
     (``(batch, pos, n_neurons)``) for the duration of the block; hooks removed in ``finally``."""
-    path = NEURON_INPUTS.get(sitemap.family.name)
-    if path is None:
+    where = NEURON_INPUTS.get(sitemap.family.name)
+    if where is None:
         raise ValueError(
             f"neuron activations are not mapped for the {sitemap.family.name} family; "
-            "add its down-projection path to transferlens.analysis.neurons.NEURON_INPUTS"
+            "add its activation's path to transferlens.analysis.neurons.NEURON_INPUTS"
         )
+    path, side = where
     handles = []
     try:
         for layer, block in enumerate(sitemap.blocks):
+            mod = _module(block, path)
+            if side == "input":
 
-            def hook(module, args, layer=layer):
-                fn(layer, args[0])
+                def pre_hook(module, args, layer=layer):
+                    fn(layer, args[0])
 
-            handles.append(_module(block, path).register_forward_pre_hook(hook))
+                handles.append(mod.register_forward_pre_hook(pre_hook))
+            else:
+
+                def hook(module, args, output, layer=layer):
+                    fn(layer, output)
+
+                handles.append(mod.register_forward_hook(hook))
         yield
     finally:
         for h in handles:

@@ -1,8 +1,9 @@
 """Language-specific neurons: LAPE (Tang et al. 2024, "Language-Specific Neurons").
 
 A *neuron* is one unit of an MLP's hidden layer after the nonlinearity: for gated MLPs
-(Llama, Gemma 3) the input of the down projection, ``act(gate(x)) * up(x)``; for GPT-2 the
-input of ``mlp.c_proj``; for BERT the input of ``output.dense``. Per neuron and language k,
+(Llama, Gemma 3) the activation's output ``act(gate(x))``, as in the reference implementation
+(not ``act(gate(x)) * up(x)``, whose sign also depends on ``up(x)``); for GPT-2 the input of
+``mlp.c_proj``; for BERT the input of ``output.dense``. Per neuron and language k,
 
     p_k = P(act > 0 | token of language k)
 
