@@ -352,6 +352,11 @@ def test_bad_input_errors(models, tiny_tok):
         activation_patching(h, clean, corrupt, answer=ANSWER, wrong=WRONG, direction="sideways")
     with pytest.raises(ValueError, match="position 9 is out of range"):
         activation_patching(h, clean, corrupt, answer=ANSWER, wrong=WRONG, positions=[9])
+    # positions select the cells of a by-position grid; without one they would be ignored
+    with pytest.raises(ValueError, match="with by_position=False every cell patches all"):
+        activation_patching(
+            h, clean, corrupt, answer=ANSWER, wrong=WRONG, positions=[-1], by_position=False
+        )
     bert = tiny_model("bert", tokenizer=tiny_tok)
     with pytest.raises(ValueError, match="not available for bert"):
         activation_patching(bert, clean, corrupt, lambda lg, i: lg[:, -1, 0], "mlp_out")

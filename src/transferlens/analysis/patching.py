@@ -296,6 +296,11 @@ def grid_cells(
     for layer in lay:
         if layer is not None:
             sm.validate(Site(component, layer))
+    if positions is not None and not by_position:
+        raise ValueError(
+            "positions= selects the positions of a by-position grid; with by_position=False "
+            "every cell patches all positions: pass by_position=True (or leave positions out)"
+        )
     pos = _positions(range(n_pos) if positions is None else positions, n_pos)
     hs = list(range(sm.n_heads) if heads is None else heads)
     for h in hs if component == "head" else []:
