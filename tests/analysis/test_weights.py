@@ -236,6 +236,17 @@ def test_weight_change_vs_cka_matches_scipy():
     assert again.records == res.records
 
 
+def test_weight_change_vs_cka_sampled_p_value_counts_the_observed_order():
+    # 12 layers: 12! orders, so the permutations are sampled; a perfect rank correlation is
+    # met by no sampled order, and p is (1 + 0) / (1 + n_perm), never 0
+    x = np.linspace(0.1, 1.2, 12)
+    w, c = _layer_results(x, 1.0 - x)
+    res = weight_change_vs_cka(w, c, where={"site": "resid_post"}, n_boot=50, n_perm=200)
+    rho = res.where(quantity="spearman_rho")[0]
+    assert rho["value"] == pytest.approx(1.0)
+    assert rho["p_value"] == pytest.approx(1.0 / 201)
+
+
 def test_weight_change_vs_cka_exact_permutation_p_value():
     w, c = _layer_results([0.1, 0.2, 0.3, 0.4], [0.9, 0.8, 0.7, 0.6])
     res = weight_change_vs_cka({"layers": w}, c, where={"site": "resid_post"}, n_boot=100)

@@ -445,7 +445,17 @@ def weight_change_vs_cka(
     else:
         perms = [rng.permutation(n) for _ in range(n_perm)]
     null = np.array([_spearman(x, y[p]) for p in perms])
-    p_value = float(np.mean(np.abs(null) >= abs(rho) - 1e-12)) if np.isfinite(rho) else float("nan")
+    hits = int(np.sum(np.abs(null) >= abs(rho) - 1e-12))
+    # exact: the share of all n! orderings (the observed one among them); sampled: count the
+    # observed ordering too, (1 + hits) / (1 + n_perm), so that p is never 0
+    exact = len(perms) == math.factorial(n)
+    p_value = (
+        float("nan")
+        if not np.isfinite(rho)
+        else hits / len(perms)
+        if exact
+        else (1.0 + hits) / (1.0 + len(perms))
+    )
     res = AnalysisResult(
         analysis="weights",
         name="weight_vs_cka_change",
