@@ -327,6 +327,8 @@ def test_other_bad_inputs():
         cka_from_grams(np.arange(16.0).reshape(4, 4), np.eye(4))
     with pytest.raises(ValueError, match="kind must be"):
         cka(X, Y, kind="cosine")
+    with pytest.raises(ValueError, match="needs at least 4 examples; got n=3"):
+        center_gram(np.eye(3), unbiased=True)  # was a zero matrix (n=2: NaN), silently
 
 
 # --------------------------------------------------------------------------------------------

@@ -227,6 +227,11 @@ def center_gram(K: ArrayLike, *, unbiased: bool = False, name: str | None = None
     ``⟨Ũ(K), Ũ(L)⟩ / (n(n-3))`` is the unbiased HSIC of Song et al. (2012); it needs ``n >= 4``.
     """
     t = _gram_in(K, "K", name, torch.float64)
+    if unbiased and t.shape[0] < 4:
+        raise ValueError(
+            f"{_where(name)}U-centring (the unbiased HSIC) needs at least 4 examples; "
+            f"got n={t.shape[0]}"
+        )
     return _like(_center_gram(t, unbiased), K)
 
 
