@@ -79,6 +79,13 @@ def test_planted_change_shows_where_it_was_planted(report):
     for r in per.records:
         if r["layer"] in (0, 1):  # embeddings and block 0 output
             assert r["value"] == pytest.approx(1.0, abs=1e-9)
+    # CKA is debiased, with intervals from the tie-free bootstrap (centred on the value)
+    assert {by[n].metric for n in ("cka_matrix", "cka_base_adapted", "cka_summary")} == {
+        "debiased_linear_cka"
+    }
+    assert by["crosslingual"].config["debiased"] is True
+    for r in per.records + by["crosslingual"].where(metric="cka"):
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
 
 
 def test_rerun_reuses_finished_stages(report):

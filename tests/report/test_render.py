@@ -211,3 +211,34 @@ def test_results_json_that_is_not_utf8(tmp_path):
     path.write_bytes('{"results": [], "meta": {"title": "Göteborg"}}'.encode("latin-1"))
     with pytest.raises(ValueError, match=r"results\.json:1: not UTF-8 text \(byte 0xf6\)"):
         load_results(path)
+
+
+def test_cka_captions_axes_and_range_follow_the_estimator(tmp_path):
+    from transferlens.report import figures as F
+    from transferlens.report.style import get_style
+
+    results = synthetic_results(3)
+    by = {r.name: r for r in results}
+    biased_md = tmp_path / "biased"
+    save_results(biased_md / "results.json", results, meta={"title": "t"})
+    render_report(biased_md, formats=["png"])
+    text = (biased_md / "report.md").read_text()
+    assert "Linear CKA between every pair of layers" in text
+    assert "per layer: linear CKA and translation retrieval" in text
+    # debiased CKA can be negative: the axis extends below 0 instead of hiding it
+    for name in ("cka_matrix", "cka_base_adapted"):
+        by[name].metric = "debiased_linear_cka"
+    by["crosslingual"].config["debiased"] = True
+    by["cka_base_adapted"].records[0].update(value=-0.04, ci_low=-0.13, ci_high=0.05)
+    fig = F.cka_per_layer_figure(by["cka_base_adapted"], get_style("paper"))
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] == pytest.approx(-0.2) and "debiased linear CKA" in ax.get_ylabel()
+    fig = F.crosslingual_figure(by["crosslingual"], get_style("paper"))
+    assert "debiased linear CKA" in fig.axes[0].get_ylabel()
+    out = tmp_path / "debiased"
+    save_results(out / "results.json", results, meta={"title": "t"})
+    render_report(out, formats=["png"])
+    text = (out / "report.md").read_text()
+    assert "Debiased linear CKA between every pair of layers" in text
+    assert "Debiased linear CKA between the base and adapted model" in text
+    assert "per layer: debiased linear CKA and translation retrieval" in text

@@ -69,6 +69,20 @@ def _legend_below(fig: Figure, ax, title: str | None = None) -> None:
         )
 
 
+def _cka_label(result: AnalysisResult) -> str:
+    """``"debiased linear CKA"`` or ``"linear CKA"``, from the result's metric or config."""
+    debiased = "debiased" in result.metric or bool(result.config.get("debiased"))
+    return "debiased linear CKA" if debiased else "linear CKA"
+
+
+def _cka_floor(recs: list[dict]) -> float:
+    """Lower axis limit for CKA: 0, or below it where a (debiased) value or interval is."""
+    low = [r.get(k) for r in recs for k in ("value", "ci_low")]
+    low = [v for v in low if isinstance(v, (int, float)) and np.isfinite(v)]
+    m = min(low, default=0.0)
+    return 0.0 if m >= 0 else float(np.floor(m * 10.0) / 10.0)
+
+
 def _layer_axis(ax, layers: Sequence[Any]) -> None:
     ax.set_xlabel("layer")
     ticks = [v for v in layers if isinstance(v, (int, float))]
@@ -224,7 +238,7 @@ def probe_transfer_figure(result: AnalysisResult, style: Style) -> Figure:
 
 def cka_heatmaps_figure(result: AnalysisResult, style: Style) -> Figure:
     """Layer × layer CKA heatmaps. Records: pair (e.g. ``base-base``), layer_a, layer_b, value.
-    Colour scale fixed to [0, 1]."""
+    Colour scale fixed to [0, 1] (extended below 0 where debiased CKA is negative)."""
     pairs = _uniq(result.records, "pair")
     fig = Figure(layout="constrained", figsize=style.size(wide=True, aspect=0.34))
     axes = fig.subplots(1, len(pairs), squeeze=False)[0]
@@ -239,14 +253,15 @@ def cka_heatmaps_figure(result: AnalysisResult, style: Style) -> Figure:
         mat = np.full((len(la), len(lb)), np.nan)
         for r in recs:
             mat[la.index(r["layer_a"]), lb.index(r["layer_b"])] = r["value"]
-        im = _heat(ax, mat, lb, la, vmin=0, vmax=1, cmap="viridis", annotate=False)
+        vmin = _cka_floor(result.records)
+        im = _heat(ax, mat, lb, la, vmin=vmin, vmax=1, cmap="viridis", annotate=False)
         a, b = str(pair).split("-", 1)
         ax.set_title(f"{names.get(a, a)} (rows)\nvs {names.get(b, b)} (columns)")
         ax.set_xlabel("layer")
         ax.set_aspect("equal")
     axes[0].set_ylabel("layer")
     if im is not None:
-        fig.colorbar(im, ax=list(axes), label=result.metric.replace("_", " "), shrink=0.9)
+        fig.colorbar(im, ax=list(axes), label=_cka_label(result), shrink=0.9)
     return fig
 
 
@@ -265,8 +280,8 @@ def cka_per_layer_figure(result: AnalysisResult, style: Style) -> Figure:
             marker=MARKERS[i % len(MARKERS)],
             ls=LINESTYLES[i % len(LINESTYLES)],
         )
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel(f"{result.metric.replace('_', ' ')}, base vs adapted")
+    ax.set_ylim(_cka_floor(result.records), 1.02)
+    ax.set_ylabel(f"{_cka_label(result)}, base vs adapted")
     _layer_axis(ax, _uniq(result.records, "layer"))
     _legend_below(fig, ax, title="language")
     return fig
@@ -278,7 +293,7 @@ def crosslingual_figure(result: AnalysisResult, style: Style) -> Figure:
     metrics = _uniq(result.records, "metric")
     fig = Figure(layout="constrained", figsize=style.size(wide=len(metrics) > 1, aspect=0.38))
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    ylabels = {"cka": "linear CKA", "retrieval": "retrieval accuracy (top-1)"}
+    ylabels = {"cka": _cka_label(result), "retrieval": "retrieval accuracy (top-1)"}
     pair = result.config.get("languages", ["sv", "en"])
     for ax, met in zip(axes, metrics, strict=False):
         recs = result.where(metric=met)
@@ -292,7 +307,7 @@ def crosslingual_figure(result: AnalysisResult, style: Style) -> Figure:
             )
         if met == "retrieval" and "chance" in result.data:
             ax.axhline(result.data["chance"], color="0.5", lw=0.8, ls=":", label="chance")
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(_cka_floor(recs) if met == "cka" else 0, 1.02)
         ax.set_ylabel(ylabels.get(met, met))
         ax.set_title(f"{'–'.join(map(str, pair))}: {ylabels.get(met, met)}")
         _layer_axis(ax, _uniq(recs, "layer"))

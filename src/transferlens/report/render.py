@@ -77,21 +77,21 @@ FIGURES: tuple[FigureSpec, ...] = (
         "CKA between layers",
         ("cka_matrix",),
         lambda rs, st: F.cka_heatmaps_figure(rs[0], st),
-        "Linear CKA between every pair of layers within and across the two models.",
+        "{CKA} between every pair of layers within and across the two models.",
     ),
     FigureSpec(
         "cka_per_layer",
         "Base vs adapted similarity per language",
         ("cka_base_adapted",),
         lambda rs, st: F.cka_per_layer_figure(rs[0], st),
-        "Linear CKA between the base and adapted model at the same layer, per language.",
+        "{CKA} between the base and adapted model at the same layer, per language.",
     ),
     FigureSpec(
         "crosslingual",
         "Cross-lingual alignment",
         ("crosslingual",),
         lambda rs, st: F.crosslingual_figure(rs[0], st),
-        "Similarity of parallel paragraphs in two languages per layer: linear CKA and "
+        "Similarity of parallel paragraphs in two languages per layer: {cka} and "
         "translation retrieval (nearest neighbour after per-language mean centring).",
     ),
     FigureSpec(
@@ -136,7 +136,8 @@ def check_report_dir(path: str | os.PathLike) -> Path:
 
 
 def _caption(spec: FigureSpec, res: AnalysisResult) -> str:
-    parts = [spec.caption]
+    label = F._cka_label(res)
+    parts = [spec.caption.replace("{CKA}", label[0].upper() + label[1:]).replace("{cka}", label)]
     desc = res.data.get("description")
     if desc:
         parts.append(str(desc))
