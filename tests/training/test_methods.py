@@ -102,3 +102,22 @@ def test_adapt_with_vocabulary_extension_records_it(tiny_pair, tmp_path):
     loaded = load_model(res.path)
     assert len(loaded.tokenizer) == ext["new_size"]
     assert loaded.model.get_input_embeddings().weight.shape[0] == ext["new_size"]
+
+
+def test_lora_start_weights_follow_the_seed_not_the_callers_random_state():
+    from transferlens.models.tiny import tiny_model
+    from transferlens.training.config import AdaptConfig
+    from transferlens.training.lora import apply_lora
+
+    def adapter(seed: int, caller_seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(caller_seed)
+        before = torch.random.get_rng_state()
+        model = tiny_model("llama", seed=0).model
+        peft_model, _ = apply_lora(model, AdaptConfig(tuning="lora", seed=seed))
+        assert torch.equal(torch.random.get_rng_state(), before)  # the caller's state kept
+        return {k: v.clone() for k, v in peft_model.state_dict().items() if "lora_A" in k}
+
+    a, b = adapter(0, caller_seed=1), adapter(0, caller_seed=2)
+    assert a and all(torch.equal(a[k], b[k]) for k in a)
+    c = adapter(1, caller_seed=1)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

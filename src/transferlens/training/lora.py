@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from .config import FinetuneConfig
@@ -58,6 +59,10 @@ def apply_lora(model: nn.Module, config: FinetuneConfig) -> tuple[nn.Module, Any
         config: ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``target_modules`` (None =
             every linear layer of the transformer blocks).
 
+    The adapter's random start weights are drawn from ``config.seed`` (on a forked random
+    state: the caller's stays as it was), so the same config gives the same adapter in any
+    process and another seed another one.
+
     Returns:
         (peft model, LoraConfig).
 
@@ -80,7 +85,10 @@ def apply_lora(model: nn.Module, config: FinetuneConfig) -> tuple[nn.Module, Any
         fan_in_fan_out=fan_in_fan_out,
         bias="none",
     )
-    return get_peft_model(model, lcfg), lcfg
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(config.seed)
+        return get_peft_model(model, lcfg), lcfg
 
 
 def lora_config_dict(lcfg: Any) -> dict[str, Any]:
