@@ -155,3 +155,22 @@ def test_token_nll_needs_a_start_token(handle):
         token_nll(SimpleNamespace(model=handle.model, tokenizer=tok), ["x"])
     with pytest.raises(ValueError, match="no texts to score"):
         token_nll(handle, [])
+
+
+def test_dpo_scores_both_responses_after_one_shared_prompt(tiny_tok):
+    from transferlens.training.dpo import _encode
+
+    prompt = "Choose Format - Cells to open the dialog and set the number format " * 3
+    triple = {"prompt": prompt, "chosen": "Calc", "rejected": "Writer and Impress and Draw"}
+    p, c = encode_prompt_response(tiny_tok, prompt, triple["chosen"])
+    _, r = encode_prompt_response(tiny_tok, prompt, triple["rejected"])
+    assert len(r) > len(c) + 2
+    seq_len = len(p) // 2 + len(r)  # the prompt must be cut, more for the longer response
+    items, truncated, dropped = _encode(tiny_tok, [triple, triple], seq_len)
+    assert (truncated, dropped) == (2, 0)
+    (pc, rc), (pr, rr) = items[0]
+    assert pc == pr  # one prompt for both responses: the DPO comparison is after one context
+    assert (rc, rr) == (c, r) and pc[0] == p[0] and pc[1:] == p[len(p) - len(pc) + 1 :]
+    assert len(pr) + len(rr) == seq_len and len(pc) + len(rc) < seq_len
+    items, truncated, dropped = _encode(tiny_tok, [triple], len(r) + 1)  # no prompt token left
+    assert (items, truncated, dropped) == ([], 0, 1)

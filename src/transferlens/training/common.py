@@ -295,7 +295,8 @@ def fit_pair(
     prompt_ids: list[int], response_ids: list[int], seq_len: int
 ) -> tuple[list[int], list[int]] | None:
     """Cut a (prompt, response) pair to ``seq_len`` tokens by dropping prompt tokens after the
-    first one from the left; None when the response alone does not fit."""
+    first one (the start token) from the left; None when the response does not fit after the
+    first prompt token and at least one more (a response with no prompt left is not a pair)."""
     if len(prompt_ids) + len(response_ids) <= seq_len:
         return prompt_ids, response_ids
     room = seq_len - len(response_ids) - 1

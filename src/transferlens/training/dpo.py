@@ -102,17 +102,22 @@ def dpo_data(config: DPOConfig) -> tuple[list[dict], list[dict], str]:
     return train, held[: config.eval_texts], f"jsonl:{config.pairs}"
 
 
-def _encode(tok, triples: list[dict], seq_len: int) -> tuple[list[tuple], int]:
-    out, dropped = [], 0
+def _encode(tok, triples: list[dict], seq_len: int) -> tuple[list[tuple], int, int]:
+    """Encode triples as ((prompt, chosen), (prompt, rejected)) with ONE prompt for both:
+    cut from the left (if at all) to fit the longer response, as DPO compares the two
+    responses after the same prompt. Returns (items, n_truncated, n_dropped)."""
+    out, cut, dropped = [], 0, 0
     for t in triples:
         p, c = encode_prompt_response(tok, t["prompt"], t["chosen"])
         _, r = encode_prompt_response(tok, t["prompt"], t["rejected"])
-        fc, fr = fit_pair(p, c, seq_len), fit_pair(p, r, seq_len)
-        if fc is None or fr is None:
+        fitted = fit_pair(p, max(c, r, key=len), seq_len)
+        if fitted is None:
             dropped += 1
             continue
-        out.append((fc, fr))
-    return out, dropped
+        prompt = fitted[0]
+        cut += len(prompt) < len(p)
+        out.append(((prompt, c), (prompt, r)))
+    return out, cut, dropped
 
 
 def _logps(
@@ -200,8 +205,8 @@ def dpo(
     if config.tuning == "lora":
         check_target_modules(model, config.target_modules)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    items, dropped = _encode(tok, train, config.seq_len)
-    held_items, _ = _encode(tok, held, config.seq_len)
+    items, truncated, dropped = _encode(tok, train, config.seq_len)
+    held_items, _, _ = _encode(tok, held, config.seq_len)
     if not items or not held_items:
         raise ValueError(
             "no preference pairs fit seq_len (or no held-out pairs); raise "
@@ -245,6 +250,7 @@ def dpo(
         "source": source,
         "split": "train",
         "n_pairs": len(items),
+        "n_truncated": truncated,
         "n_dropped": dropped,
         "swapped": config.swap,
         "eval": {"split": "test", "n_pairs": len(held_items)},
