@@ -107,6 +107,39 @@ def test_gradient_accumulation_matches_the_large_batch(tiny_tok, tmp_path):
     assert not torch.allclose(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
 
 
+def test_accumulated_sft_steps_average_over_all_response_tokens(tiny_tok, tmp_path):
+    """SFT micro-batches hold different numbers of response tokens: with weight_fn the
+    accumulated step equals the large batch's per-token mean; weighting the micro-batch means
+    equally (the loop without weight_fn) does not."""
+    from transferlens.analysis.behaviour import pad_examples
+    from transferlens.training.sft import _response_tokens, _sft_loss
+
+    g = torch.Generator().manual_seed(0)
+    pairs = []
+    for i in range(16):
+        n_resp = 1 + (i * 5) % 9  # 1..9 response tokens
+        ids = torch.randint(3, 300, (4 + n_resp,), generator=g).tolist()
+        pairs.append((ids[:4], ids[4:]))
+
+    def collate(b):
+        return pad_examples(b, 0)
+
+    def train(batch_size, grad_accum, weight_fn, folder):
+        model = _model(tiny_tok)
+        cfg = _cfg(batch_size=batch_size, grad_accum=grad_accum, steps=4)
+        run_loop(model, pairs, collate, _sft_loss, cfg, tmp_path / folder, weight_fn=weight_fn)
+        return model
+
+    big = train(4, 1, _response_tokens, "big")
+    acc = train(2, 2, _response_tokens, "acc")
+    for (name, pa), pb in zip(big.named_parameters(), acc.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
+    equal = train(2, 2, None, "equal")
+    pairs_ = zip(big.parameters(), equal.parameters(), strict=True)
+    gap = max((pa - pb).abs().max().item() for pa, pb in pairs_)
+    assert gap > 1e-3
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(tiny_tok, tmp_path):
     calls = {"n": 0}
 

@@ -39,6 +39,43 @@ SCRIPT = textwrap.dedent(
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump({"seen": seen, "fingerprint": fingerprint(res.model),
                    "world": int(os.environ["WORLD_SIZE"])}, f)
+
+    # SFT-style micro-batches with different numbers of response tokens: weighted over both
+    # processes, a step is the per-token mean of the whole 2 x 2 x 2 batch
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from sft_data import SFT_CFG, sft_pairs, sft_run
+    sft = sft_run(sft_pairs(), SFT_CFG, out + "/sft")
+    if rank == 0:
+        torch.save({k: v.detach().clone() for k, v in sft.state_dict().items()},
+                   out + "/sft_ddp.pt")
+    """
+)
+
+SFT_DATA = textwrap.dedent(
+    """
+    import torch
+    from transferlens.analysis.behaviour import pad_examples
+    from transferlens.models import tiny_model
+    from transferlens.training import PretrainConfig, run_loop
+    from transferlens.training.sft import _response_tokens, _sft_loss
+
+    SFT_CFG = dict(steps=3, batch_size=2, grad_accum=2, seq_len=16, lr=1e-2, warmup_steps=1,
+                   eval_every=0, save_every=0, log_every=1, cpu=True)
+
+    def sft_pairs():
+        g = torch.Generator().manual_seed(0)
+        out = []
+        for i in range(32):
+            ids = torch.randint(3, 300, (4 + 1 + (i * 5) % 9,), generator=g).tolist()
+            out.append((ids[:4], ids[4:]))
+        return out
+
+    def sft_run(pairs, cfg, folder):
+        model = tiny_model("llama", seed=0, n_layers=1).model
+        model.train()
+        res = run_loop(model, pairs, lambda b: pad_examples(b, 0), _sft_loss,
+                       PretrainConfig(**cfg), folder, weight_fn=_response_tokens)
+        return res.model
     """
 )
 
@@ -46,6 +83,7 @@ SCRIPT = textwrap.dedent(
 def test_two_cpu_processes_see_different_data_and_end_with_equal_weights(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT)
+    (tmp_path / "sft_data.py").write_text(SFT_DATA)
     src = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))
     env = {
         **os.environ,
@@ -79,3 +117,16 @@ def test_two_cpu_processes_see_different_data_and_end_with_equal_weights(tmp_pat
         assert seen == want
     # different random inits per rank, yet DDP keeps the replicas identical
     assert ranks[0]["fingerprint"] == ranks[1]["fingerprint"]
+    # the weighted SFT steps over two processes equal one process holding both halves
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import torch
+        from sft_data import SFT_CFG, sft_pairs, sft_run
+
+        one = sft_run(sft_pairs(), dict(SFT_CFG, batch_size=4), tmp_path / "sft_one")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("sft_data", None)
+    ddp = torch.load(tmp_path / "sft_ddp.pt", weights_only=True)
+    for k, v in one.state_dict().items():
+        torch.testing.assert_close(v, ddp[k], rtol=1e-4, atol=1e-5, msg=k)

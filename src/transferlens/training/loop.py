@@ -169,6 +169,7 @@ def run_loop(
     run_key: Any = None,
     accelerator: Any = None,
     label: str = "train",
+    weight_fn: Callable[[dict[str, torch.Tensor]], int] | None = None,
 ) -> LoopResult:
     """Train ``model`` on ``examples`` and return the trained model and its last evaluation.
 
@@ -186,6 +187,11 @@ def run_loop(
             different key is refused rather than resumed.
         accelerator: an existing Accelerator (default: :func:`make_accelerator`).
         label: name shown on the progress bar.
+        weight_fn: ``batch -> count`` of the items ``loss_fn``'s mean runs over (e.g. the
+            response tokens of an SFT batch), when micro-batches hold different numbers of
+            them. An optimiser step's loss is then the mean over all items of its
+            micro-batches and processes, as one large batch would give; without it, each
+            micro-batch's loss counts equally (right for equal-size micro-batches).
 
     Raises:
         DivergenceError: the loss or gradient norm became NaN/inf (the last saved state in
@@ -247,7 +253,7 @@ def run_loop(
         if main:
             atomic_write_text(run_dir / "run.json", json.dumps(json.loads(key), indent=1))
         resumed_from = run.step
-        result = _train(run, examples, collate, loss_fn, config, eval_fn, label)
+        result = _train(run, examples, collate, loss_fn, config, eval_fn, label, weight_fn)
     result.resumed_from = resumed_from
     return result
 
@@ -283,7 +289,25 @@ class _Run:
         )
 
 
-def _train(run: _Run, examples, collate, loss_fn, config, eval_fn, label) -> LoopResult:
+def _step_weights(batches, weight_fn, acc, world: int, grad_accum: int) -> list[float]:
+    """Each micro-batch's weight in its optimiser step: ``1/grad_accum``, or with ``weight_fn``
+    its share of the step's items over all processes (times ``world``: the processes'
+    gradients are averaged), so that the step's loss is the mean over all items."""
+    if weight_fn is None:
+        return [1.0 / grad_accum] * len(batches)
+    counts = [float(weight_fn(b)) for b in batches]
+    total = torch.tensor(sum(counts), dtype=torch.float64, device=acc.device)
+    if world > 1:
+        total = acc.reduce(total, "sum")
+    total = float(total)
+    if not total > 0:
+        raise ValueError("an optimiser step holds no items to train on (weight_fn counted 0)")
+    return [c * world / total for c in counts]
+
+
+def _train(
+    run: _Run, examples, collate, loss_fn, config, eval_fn, label, weight_fn=None
+) -> LoopResult:
     acc, model, optimizer, scheduler = run.acc, run.model, run.optimizer, run.scheduler
     params, state_path, log_path = run.params, run.state_path, run.log_path
     step, micro, tokens_total = run.step, run.micro, run.tokens
@@ -300,20 +324,23 @@ def _train(run: _Run, examples, collate, loss_fn, config, eval_fn, label) -> Loo
             lr = optimizer.param_groups[0]["lr"]
             step_loss = torch.zeros((), device=acc.device)
             step_tokens = 0
-            for k in range(config.grad_accum):
+            batches = []
+            for _ in range(config.grad_accum):
                 idx = batch_indices(
                     micro, len(examples), config.batch_size, world, rank, config.seed, cache
                 )
                 micro += 1
-                batch = {
-                    b: v.to(acc.device) for b, v in collate([examples[i] for i in idx]).items()
-                }
+                batches.append(
+                    {b: v.to(acc.device) for b, v in collate([examples[i] for i in idx]).items()}
+                )
+            weights = _step_weights(batches, weight_fn, acc, world, config.grad_accum)
+            for k, batch in enumerate(batches):
                 sync = k == config.grad_accum - 1
                 with nullcontext() if sync else acc.no_sync(model):
                     with acc.autocast():
                         loss, stats = loss_fn(model, batch)
-                    acc.backward(loss / config.grad_accum)
-                step_loss += loss.detach().float() / config.grad_accum
+                    acc.backward(loss * weights[k])
+                step_loss += loss.detach().float() * weights[k]
                 step_tokens += int(stats.get("tokens", 0))
                 for s, v in stats.items():
                     if s != "tokens":

@@ -106,6 +106,12 @@ def encode_pairs(
     return pairs, cut, dropped
 
 
+def _response_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The tokens ``_sft_loss`` averages over: predicted positions whose label is a response
+    token (labels shifted by one; prompt and padding are ``-100``)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
 def _sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
     out = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
@@ -243,6 +249,7 @@ def sft(
         run_key=run_key,
         accelerator=acc,
         label="sft",
+        weight_fn=_response_tokens,
     )
     metrics.update(loop.eval)
     if labels and "accuracy" in metrics:
