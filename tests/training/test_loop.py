@@ -186,6 +186,34 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_tok, tmp_path):
     assert steps == list(range(1, 11))  # lines after the saved step were dropped and redone
 
 
+def test_resumed_log_lines_equal_the_uninterrupted_ones(tiny_tok, tmp_path):
+    # saved at step 3, between the log lines of steps 2 and 4: the line of step 4 averages
+    # steps 3 and 4 in both runs
+    data = _blocks(40)
+    cfg = _cfg(steps=8, save_every=3, log_every=2, batch_size=4)
+    run_loop(_model(tiny_tok), data, lm_collate, lm_loss, cfg, tmp_path / "full")
+    calls = {"n": 0}
+
+    def crash_at_5(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return lm_loss(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(_model(tiny_tok), data, lm_collate, crash_at_5, cfg, tmp_path / "cut")
+    res = run_loop(_model(tiny_tok), data, lm_collate, lm_loss, cfg, tmp_path / "cut")
+    assert res.resumed_from == 3
+
+    def lines(folder):
+        text = (tmp_path / folder / "log.jsonl").read_text()
+        return [(r["step"], r["loss"]) for r in map(json.loads, text.splitlines())]
+
+    full, cut = lines("full"), lines("cut")
+    assert [s for s, _ in cut] == [s for s, _ in full] == [2, 4, 6, 8]
+    assert [loss for _, loss in cut] == pytest.approx([loss for _, loss in full], rel=1e-6)
+
+
 def test_state_of_another_run_is_refused(tiny_tok, tmp_path):
     cfg = _cfg(steps=4, save_every=1)
     calls = {"n": 0}

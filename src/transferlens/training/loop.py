@@ -243,6 +243,7 @@ def run_loop(
             scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"][rank], device)
             run.step, run.micro, run.tokens = state["step"], state["micro"], state["tokens"]
+            run.window = state.get("window")
             if main:
                 truncate_log(log_path, run.step)
                 log.info("resuming %s from step %d (%s)", label, run.step, state_path)
@@ -274,6 +275,7 @@ class _Run:
     step: int = 0
     micro: int = 0
     tokens: int = 0
+    window: dict[str, Any] | None = None  # the open logging window: loss sum, steps, stats
 
     def save(self) -> None:
         save_state(
@@ -286,6 +288,7 @@ class _Run:
             self.step,
             self.micro,
             self.tokens,
+            self.window,
         )
 
 
@@ -316,6 +319,8 @@ def _train(
     start = time.perf_counter()
     progress = Progress(main, config.steps, step, label)
     window = {"loss": 0.0, "n": 0, "tokens": 0, "t": time.perf_counter(), "stats": {}}
+    if run.window:  # resumed between two log lines: the window goes on where it was saved
+        window.update(loss=run.window["loss"], n=run.window["n"], stats=dict(run.window["stats"]))
     last_eval: dict[str, float] = {}
     check_grads = acc.mixed_precision != "fp16"  # the fp16 scaler skips inf steps itself
     model.train()
@@ -393,6 +398,7 @@ def _train(
                 window = {"loss": 0.0, "n": 0, "tokens": 0, "t": time.perf_counter(), "stats": {}}
             if config.save_every and step % config.save_every == 0 and not is_last:
                 run.step, run.micro, run.tokens = step, micro, tokens_total
+                run.window = {k: window[k] for k in ("loss", "n", "stats")}
                 run.save()
     finally:
         progress.close()

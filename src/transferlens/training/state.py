@@ -2,7 +2,7 @@
 
 ``state.pt`` (written atomically, read with ``weights_only=True``) holds the run key, the
 step, the data position (micro-batch counter), the trainable weights, the optimiser and
-scheduler states, and every process's RNG state. ``log.jsonl`` lines after the saved step are
+scheduler states, every process's RNG state, and the loss of the steps since the last log line. ``log.jsonl`` lines after the saved step are
 dropped on resume, since the resumed run writes them again.
 """
 
@@ -76,8 +76,12 @@ def truncate_log(path: Path, last_step: int) -> None:
     atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
-def save_state(acc, model, optimizer, scheduler, path, key, step, micro, tokens) -> None:
-    """Gather every process's RNG state and write ``state.pt`` from the main process."""
+def save_state(
+    acc, model, optimizer, scheduler, path, key, step, micro, tokens, window=None
+) -> None:
+    """Gather every process's RNG state and write ``state.pt`` from the main process.
+    ``window``: the open logging window (loss sum, steps, stats sums) of the steps since the
+    last log line, so that a resumed run writes the same next line."""
     from accelerate.utils import gather_object
 
     rng = (
@@ -98,5 +102,7 @@ def save_state(acc, model, optimizer, scheduler, path, key, step, micro, tokens)
             "scheduler": scheduler.state_dict(),
             "rng": [{k: v.cpu() for k, v in r.items()} for r in rng],
         }
+        if window is not None:
+            state["window"] = window
         atomic_torch_save(state, path)
     acc.wait_for_everyone()
