@@ -68,3 +68,13 @@ def test_patience_stops_rows_whose_gradient_stops_improving():
     assert not conv_free[0] and it_free[0] > 100  # without patience: runs on
     assert not conv[0] and it[0] < it_free[0]  # stopped, not converged
     assert conv[1] and conv_free[1]
+
+
+def test_budget_limits_each_row_to_its_own_iterations():
+    fun, opt = _quadratics(seed=2)
+    budget = torch.tensor([1, 3, 0, 500])
+    x, n_iter, conv = minimize_batched(
+        fun, torch.zeros_like(opt), max_iter=500, tol=1e-10, budget=budget
+    )
+    assert n_iter[:3].tolist() == [1, 3, 0] and not conv[:3].any()
+    assert conv[3] and 3 < n_iter[3] < 500

@@ -176,6 +176,26 @@ def test_preconditioning_does_not_change_the_solution():
     assert a.n_iter.max() <= b.n_iter.max()
 
 
+def test_max_iter_holds_for_every_fit_after_the_float64_polish():
+    # more dimensions than rows and weak regularisation: the fits stop at max_iter in float32
+    # and the float64 polish continues them; each may only use the rest of its own budget
+    from transferlens.analysis.probe_labels import group_folds
+
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(200, 16)) * np.geomspace(10, 0.1, 16)
+    X = F @ rng.normal(size=(16, 300)) + 0.05 * rng.normal(size=(200, 300))
+    X = (X + 3.0 * rng.normal(size=300)).astype(np.float32)
+    g = np.repeat(np.arange(40), 5)
+    y = np.repeat(rng.integers(0, 5, 40), 5)
+    folds = group_folds(g, 5, 0)
+    masks = np.stack([folds != f for f in range(5)])
+    fit = fit_logistic(
+        X, np.repeat(y[None], 5, 0), train_mask=masks, n_classes=5, C=100.0, max_iter=150
+    )
+    assert not fit.converged.any()
+    assert (fit.n_iter == 150).all()  # was up to 167: the polish gave every fit the same rest
+
+
 @pytest.mark.slow
 def test_sklearn_estimator_checks():
     """scikit-learn's estimator checks; the array-API check is skipped by scikit-learn itself

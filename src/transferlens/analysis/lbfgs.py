@@ -26,6 +26,7 @@ def minimize_batched(
     precond: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     active: torch.Tensor | None = None,
     patience: int | None = None,
+    budget: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Minimise ``B`` independent smooth objectives at once (rows of ``x``).
 
@@ -40,6 +41,8 @@ def minimize_batched(
     ``patience``: stop a row (not converged) once its best max |gradient| has not improved for
     that many iterations — for a solve whose gradients are inexact (float32 products), where
     the stopping test can lie below their error and a float64 solve takes over.
+    ``budget``: ``(B,)`` iterations each row may take (at most ``max_iter``), for a run that
+    continues rows which already used part of a common limit.
     """
     pc = precond if precond is not None else (lambda v, rows: v)
     B, D = x.shape
@@ -48,7 +51,10 @@ def minimize_batched(
     f_all, g_all = fun(x, mask)
     n_iter = torch.zeros(B, dtype=torch.long)
     converged = mask & (g_all.abs().amax(1) <= tol)
-    w = (mask & ~converged).nonzero().flatten()  # the rows still running
+    running = mask & ~converged
+    if budget is not None:
+        running &= budget > 0
+    w = running.nonzero().flatten()  # the rows still running
     xw, fw, gw = x[w], f_all[w], g_all[w]
     S = torch.zeros(history, w.numel(), D, dtype=x.dtype)
     Yh = torch.zeros_like(S)
@@ -143,6 +149,8 @@ def minimize_batched(
         conv = accepted & (gmax <= tol)
         converged[w[conv]] = True
         run &= ~(conv | stalled)
+        if budget is not None:
+            run &= n_iter[w] < budget[w]
         if patience is not None:
             since = torch.where(gmax < best, 0, since + 1)
             best = torch.minimum(best, gmax)

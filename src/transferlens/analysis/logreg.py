@@ -281,12 +281,18 @@ def _polish(
     # otherwise (cross-validation folds)
     _, g = exact(None)(theta, torch.ones(theta.shape[0], dtype=torch.bool))
     ok = g.abs().amax(1) <= tol
-    redo = ~ok
-    left = max_iter - int(n_iter[redo.numpy()].min()) if bool(redo.any()) else 0
-    if left <= 0:
+    budget = torch.from_numpy(np.maximum(max_iter - n_iter, 0)).long()  # each its own rest
+    redo = ~ok & (budget > 0)
+    if not bool(redo.any()):
         return theta, n_iter, ok.numpy()
     theta2, it2, cv2 = minimize_batched(
-        exact(True), theta, max_iter=left, tol=tol, precond=precond, active=redo
+        exact(True),
+        theta,
+        max_iter=int(budget[redo].max()),
+        tol=tol,
+        precond=precond,
+        active=redo,
+        budget=budget,
     )
     return theta2, n_iter + it2, ok.numpy() | cv2
 
