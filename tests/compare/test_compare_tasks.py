@@ -279,3 +279,44 @@ def test_rerun_recomputes_probe_only_when_a_task_file_changes(tmp_path):
     acc = next(r for r in results if r.name == "probe_accuracy")
     assert 0.5 <= acc.data["chance"]["marked"] <= 0.75
     assert len(acc.where(task="marked")) == 12  # 2 models x 2 kinds x 3 layers
+
+
+def test_language_id_folds_and_intervals_resample_whole_paragraphs():
+    """The five translations of a paragraph share its difficulty: folds and the bootstrap
+    take them together (a text-level unit gave intervals ≈ 40 % too narrow), while the
+    control task still gives each text its own label."""
+    from types import SimpleNamespace
+
+    from transferlens.analysis.probe_methods import selectivity
+    from transferlens.compare.representations import PairedStacks, probe_stage
+
+    rng = np.random.default_rng(0)
+    P, langs, d = 60, ["en", "sv", "da", "de", "fi"], 16
+    ids = np.repeat(np.arange(P), 5)
+    lang = np.tile(langs, P)
+    topic = np.repeat(rng.integers(0, 3, P), 5)
+    hard = np.repeat(rng.uniform(0, 1, P) ** 3 * 4, 5)  # a language signal per paragraph
+    code = np.array([langs.index(x) for x in lang])
+    base = [
+        (np.eye(d)[code] * hard[:, None] + rng.normal(size=(P * 5, d))).astype(np.float32)
+        for _ in range(2)
+    ]
+    acts = PairedStacks(
+        {"base": base, "adapted": [b.copy() for b in base]}, [0, 1], ids, lang, topic, "synthetic"
+    )
+    cfg = CompareConfig(tasks=["language_id"], n_boot=200, seed=0)
+    handles = {
+        "base": SimpleNamespace(fingerprint="b"),
+        "adapted": SimpleNamespace(fingerprint="a"),
+    }
+    acc = probe_stage(handles, acts, cfg)[0][0]
+    assert acc.data["ci_unit"] == "paragraphs"
+    got = [r for r in acc.records if r["model"] == "base" and r["kind"] == "task"]
+    pc = ProbeConfig(n_folds=5, seeds=(0,), n_boot=200, boot_seed=0, C=1.0)
+    per_text = np.char.add(ids.astype(str), np.char.add("|", lang.astype(str)))
+    ref = selectivity(base, lang, ids, types=per_text, config=pc, layer_ids=[0, 1])
+    want = ref.where(quantity="task_accuracy")
+    assert [(r["value"], r["ci_low"], r["ci_high"]) for r in got] == [
+        (r["value"], r["ci_low"], r["ci_high"]) for r in want
+    ]
+    assert {r["n_groups"] for r in want} == {P}

@@ -155,19 +155,17 @@ def probe_stage(
         if len(set(labels.tolist())) < 2:
             notes.append(f"probe task {task!r} skipped: a single class in the sample")
             continue
-        # Topic: folds and control labels by paragraph, so no translation of a test paragraph
-        # is trained on. Language identity: each (paragraph, language) row is an example (the
-        # control task draws one label per row; grouping by paragraph would give each
-        # paragraph a single control label for rows of five different languages).
-        groups = (
-            acts.ids
-            if task == "topic"
-            else np.char.add(acts.ids.astype(str), np.char.add("|", acts.languages.astype(str)))
-        )
+        # Folds and the bootstrap by paragraph for every task: no translation of a test
+        # paragraph is trained on, and the five translations of a paragraph (which share its
+        # length and difficulty) resample together. Control labels: topic, one per paragraph;
+        # language identity, one per (paragraph, language) text (one label per paragraph would
+        # give its five texts of five languages the same control label).
+        per_text = np.char.add(acts.ids.astype(str), np.char.add("|", acts.languages.astype(str)))
         res = selectivity(
             {r: acts.stacks[r] for r in ("base", "adapted")},
             labels,
-            groups,
+            acts.ids,
+            types=None if task == "topic" else per_text,
             config=pc,
             layer_ids=acts.layers,
             task=task,
