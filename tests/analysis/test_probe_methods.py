@@ -174,6 +174,30 @@ def test_probe_accuracy_records_intervals_and_paired_difference():
     assert d["ci_low"] > 0
 
 
+def test_fits_stopped_at_max_iter_are_counted_and_warned_about():
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y, g = _examples()
+    done = probe_accuracy(X, y, g, config=FAST)
+    assert done.data["probe_fits"] == {"total": 10, "unconverged": 0}  # 2 layers × 5 folds
+    short = ProbeConfig(n_boot=200, max_iter=2)
+    with pytest.warns(ConvergenceWarning, match="10 of 10 probe fits stopped"):
+        res = probe_accuracy(X, y, g, config=short)
+    assert res.data["probe_fits"] == {"total": 10, "unconverged": 10}
+    with pytest.warns(ConvergenceWarning, match="mdl_probe: .* probe fits stopped"):
+        mdl = mdl_probe(X, y, g, config=short)
+    assert mdl.data["probe_fits"]["unconverged"] > 0
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # two layer groups on two worker threads: counted there too
+    try:
+        with pytest.warns(ConvergenceWarning, match="selectivity: 20 of 20"):
+            selectivity(X, y, g, config=short)  # task and control
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bootstrap_matches_stats_bootstrap_ci():
     X, y, g = _examples(L=1, signal=(1.0,))
     res = probe_accuracy(X, y, g, config=ProbeConfig(n_boot=300, boot_seed=5, tol=1e-8))

@@ -320,3 +320,24 @@ def test_language_id_folds_and_intervals_resample_whole_paragraphs():
         (r["value"], r["ci_low"], r["ci_high"]) for r in want
     ]
     assert {r["n_groups"] for r in want} == {P}
+
+
+def test_unfinished_probe_fits_become_a_report_note():
+    from transferlens.compare.tasks import add_probe_records
+    from transferlens.results import AnalysisResult
+
+    res = AnalysisResult("probe", "t_selectivity", "accuracy")
+    res.data["probe_fits"] = {"total": 20, "unconverged": 3}
+    for m in ("base", "adapted"):
+        res.add(0.7, model=m, layer=0, quantity="task_accuracy")
+        res.add(0.3, model=m, layer=0, quantity="control_accuracy")
+    acc = AnalysisResult("probe", "probe_accuracy", "accuracy")
+    best = AnalysisResult("probe", "probe_best", "accuracy")
+    add_probe_records(acc, best, res, "t")
+    assert acc.notes == [
+        "probe task 't': 3 of 20 probe fits stopped at the iteration limit (max_iter); "
+        "their accuracies come from unfinished fits"
+    ]
+    res.data["probe_fits"]["unconverged"] = 0
+    add_probe_records(acc2 := AnalysisResult("probe", "a", "accuracy"), best, res, "t")
+    assert acc2.notes == []

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from transferlens.analysis.probe_fits import note_fits
 from transferlens.analysis.probe_labels import control_labels, group_folds
 from transferlens.analysis.probing import PreparedLayers, _as_stack, encode_labels, fit_logistic
 from transferlens.analysis.stats import Units, percentile_interval, seed_summary, unit_draws
@@ -252,6 +253,7 @@ def _predict_jobs(
             max_iter=cfg.max_iter,
             name=name,
         )
+        note_fits(fit.converged)
         for t, (tstack, assign) in enumerate(targets):
             tp = (
                 prep

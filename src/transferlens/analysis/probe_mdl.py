@@ -23,6 +23,7 @@ from transferlens.analysis.probe_common import (
     _setup,
     _Table,
 )
+from transferlens.analysis.probe_fits import note_fits, tallied
 from transferlens.analysis.probing import PreparedLayers, encode_labels, fit_logistic
 from transferlens.analysis.workers import layer_groups, run_jobs, workers
 from transferlens.results import AnalysisResult
@@ -172,6 +173,7 @@ def _mdl_jobs(
             all_classes=True,
             name=name,
         )
+        note_fits(fit.converged)
         for j, (a, b) in enumerate(blocks):
             lp = fit.select(slice(j * P, (j + 1) * P)).log_proba(perm.rows(np.arange(a, b)))
             idx = torch.as_tensor(Yo[:, a:b]).expand(len(ch), P, b - a)[..., None]
@@ -183,6 +185,7 @@ def _mdl_jobs(
     return bits, [partial(one, ch) for ch in layer_groups(L, max(1, per))]
 
 
+@tallied
 def mdl_codelength(
     X: Any,
     y: Any,
@@ -233,6 +236,7 @@ def mdl_codelength(
     return MDLCode(total, uniform, uniform / total, int(codes.size), K, ends, bits)
 
 
+@tallied
 def mdl_probe(
     acts: Any,
     labels: Any,

@@ -32,6 +32,7 @@ from transferlens.analysis.probe_common import (
     _setup,
     _Table,
 )
+from transferlens.analysis.probe_fits import tallied
 from transferlens.analysis.probe_labels import (
     context_labels,
     control_labels,
@@ -68,6 +69,7 @@ __all__ = [
 # --------------------------------------------------------------------------- accuracy
 
 
+@tallied
 def probe_accuracy(
     acts: Any,
     labels: Any,
@@ -122,6 +124,7 @@ def probe_accuracy(
     )
 
 
+@tallied
 def selectivity(
     acts: Any,
     labels: Any,

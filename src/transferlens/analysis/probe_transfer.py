@@ -18,6 +18,7 @@ from transferlens.analysis.probe_common import (
     _setup,
     _Table,
 )
+from transferlens.analysis.probe_fits import tallied
 from transferlens.analysis.probe_labels import (
     _random_split_like,
     context_labels,
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 
+@tallied
 def linear_context_baseline(
     acts: Any,
     token_ids: Any,
@@ -92,6 +94,7 @@ def linear_context_baseline(
     )
 
 
+@tallied
 def extrapolation_probe(
     acts: Any,
     labels: Any,
@@ -160,6 +163,7 @@ def extrapolation_probe(
     return tab.into(_result(f"{task}_extrapolation", cfg, extra, {"n_rows": int(lab.sum())}))
 
 
+@tallied
 def cross_lingual_transfer(
     acts: Mapping[str, Any],
     labels: Mapping[str, Any],
@@ -246,6 +250,7 @@ def cross_lingual_transfer(
     return res
 
 
+@tallied
 def base_to_adapted_transfer(
     base: Any,
     adapted: Any,

@@ -14,6 +14,7 @@ run, other threads of the process see one intra-op thread too.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -63,7 +64,9 @@ def run_groups(fn: Callable[[T], None], groups: Iterable[T]) -> None:
             fn(g)
         return
     with _one_intra_op_thread(), ThreadPoolExecutor(n) as pool:
-        futures = [pool.submit(fn, g) for g in groups]
+        # each job runs in a copy of the caller's context (its context variables, e.g. the
+        # probe-fit tallies of :mod:`transferlens.analysis.probe_fits`)
+        futures = [pool.submit(contextvars.copy_context().run, fn, g) for g in groups]
         try:
             for fut in futures:
                 fut.result()

@@ -148,7 +148,14 @@ def add_probe_records(
     acc: AnalysisResult, best: AnalysisResult, res: AnalysisResult, task: str
 ) -> None:
     """Copy a :func:`selectivity` result into compare's ``probe_accuracy`` (task and control
-    accuracy per model and layer) and ``probe_best`` (best layer by task accuracy)."""
+    accuracy per model and layer) and ``probe_best`` (best layer by task accuracy); fits that
+    stopped at the iteration limit become a note of ``probe_accuracy``."""
+    fits = res.data.get("probe_fits") or {}
+    if fits.get("unconverged"):
+        acc.notes.append(
+            f"probe task {task!r}: {fits['unconverged']} of {fits['total']} probe fits stopped "
+            "at the iteration limit (max_iter); their accuracies come from unfinished fits"
+        )
     for r in res.records:
         kind = {"task_accuracy": "task", "control_accuracy": "control"}.get(r.get("quantity"))
         if kind is None or r.get("model") not in ("base", "adapted"):
