@@ -65,6 +65,18 @@ def test_report_folder_is_complete_and_matches_the_models(report):
     assert manifest["complete"] is True and manifest["seed"] == 0
     assert (out / "figures" / "cka_heatmaps.pdf").exists()
     assert (out / "tables" / "behaviour_bpb.tex").exists()
+    # one layer numbering in the representation and lens figures: 0 = embeddings
+    by = {r.name: r for r in results}
+    n_layers = base.n_layers
+    for name in ("probe_accuracy", "cka_base_adapted", "crosslingual", "latent_language"):
+        assert sorted({r["layer"] for r in by[name].records}) == list(range(n_layers + 1)), name
+    full = by["latent_language_full"]
+    assert sorted({r["layer"] for r in full.records if "layer" in r}) == list(
+        range(-1, n_layers)
+    )  # the lens API's own convention, kept in the full result
+    text = (out / "report.md").read_text()
+    assert "Layer 0 is the embeddings, layer l the residual stream after the l-th block." in text
+    assert "'overlap'" not in text  # the item filter in words, not a dict
 
 
 def test_planted_change_shows_where_it_was_planted(report):

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..results import AnalysisResult
 from .config import CompareConfig
-from .data import Sample
+from .data import LAYER_NOTE, Sample
 
 __all__ = ["lens_stage", "patch_stage", "weights_stage"]
 
@@ -127,7 +127,7 @@ def lens_stage(
             "description": f"{source}→{target} word-translation prompts ({shots}-shot) from "
             f"{len(items)} word pairs mined from short aligned entries of the "
             f"{sample.split} split ({pairs.counts.get('unique', '?')} pairs "
-            f"mined; overlap filter: {kept}). Layer −1 is the embedding.",
+            f"mined; overlap filter: {_filter_text(kept)}). {LAYER_NOTE}",
             "ci_unit": "word pairs",
             "mined": pairs.counts,
         },
@@ -141,10 +141,24 @@ def lens_stage(
                 n=r.get("n"),
                 model=r["model"],
                 language=r["language"],
-                layer=r["layer"],
-            )
+                layer=r["layer"] + 1,  # the lens counts the embedding as -1: 0 here, as in
+            )  # the probe and CKA figures
     fig.notes += full.notes
     return [fig, full], {}
+
+
+def _filter_text(kept: dict[str, Any]) -> str:
+    """The latent-language item filter in words (``{'items': 80, 'overlap': 47, ...}``)."""
+    if not kept:
+        return "none"
+    parts = [f"{kept.get('items', '?')} items", f"{kept.get('kept', '?')} kept"]
+    why = {
+        "overlap": "answer token sets overlapping between languages",
+        "missing_word": "a word missing",
+        "no_tokens": "no prefix token in the vocabulary",
+    }
+    parts += [f"{kept[k]} dropped for {w}" for k, w in why.items() if kept.get(k)]
+    return ", ".join(parts)
 
 
 def _module_kind(name: str) -> str | None:

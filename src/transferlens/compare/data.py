@@ -8,7 +8,11 @@ import numpy as np
 
 from .config import CompareConfig
 
-__all__ = ["Sample", "sample_paragraphs"]
+__all__ = ["LAYER_NOTE", "Sample", "sample_paragraphs"]
+
+#: How the representation and lens figures number layers (patching and weight figures count
+#: blocks from 0, as the module names do).
+LAYER_NOTE = "Layer 0 is the embeddings, layer l the residual stream after the l-th block."
 
 
 @dataclass

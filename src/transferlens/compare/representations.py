@@ -14,7 +14,7 @@ import numpy as np
 
 from ..results import AnalysisResult
 from .config import CompareConfig
-from .data import Sample
+from .data import LAYER_NOTE, Sample
 from .tasks import FAST_TASKS, add_probe_records, probe_into
 
 __all__ = ["PairedStacks", "capture_stage", "probe_stage", "similarity_stage"]
@@ -90,7 +90,8 @@ def capture_stage(
         rows["example_id"].to_numpy(),
         rows["language"].to_numpy(),
         rows["topic"].to_numpy(),
-        sample.describe() + ", mean over each paragraph's tokens",
+        sample.describe() + ", mean over each paragraph's tokens (layer 0: the embeddings; "
+        "layer l: the residual stream after the l-th block)",
     )
 
 
@@ -319,7 +320,7 @@ def _crosslingual(
         data={
             "description": f"{n} parallel {src}/{tgt} paragraphs; retrieval: "
             "nearest neighbour by cosine after per-language mean centring, "
-            f"{src}→{tgt}.",
+            f"{src}→{tgt}. {LAYER_NOTE}",
             "ci_unit": "paragraphs",
             "chance": 1.0 / n,
         },

@@ -339,7 +339,7 @@ def patch_heatmap_figure(result: AnalysisResult, style: Style) -> Figure:
             ax, mat, layers, comps, vmin=-lim, vmax=lim, cmap="RdBu_r", annotate=mat.size <= 40
         )
         ax.set_title(str(d).replace("_", " "))
-        ax.set_xlabel("layer")
+        ax.set_xlabel("block (resid_pre b: the input of block b)")
     if im is not None:
         fig.colorbar(im, ax=list(axes), label="normalised effect", shrink=0.9)
     return fig
@@ -393,7 +393,7 @@ def weight_change_figure(result: AnalysisResult, style: Style) -> Figure:
             x + (i - (len(kinds) - 1) / 2) * width, vals, width, label=str(k), color=PALETTE[i % 8]
         )
     ax.set_xticks(x, [str(v) for v in layers])
-    ax.set_xlabel("layer")
+    ax.set_xlabel("block")
     ax.set_ylabel(r"relative change $\|\Delta W\|_F / \|W\|_F$")
     ax.set_ylim(bottom=0)
     _legend_below(fig, ax, title="module")
