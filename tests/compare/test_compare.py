@@ -147,3 +147,35 @@ def test_refuses_foreign_output_folder(tmp_path, capsys):
     assert "unknown analysis 'magic'" in capsys.readouterr().err
     assert main(["compare", "missing.pt", "b.pt"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_task_accuracy_asks_in_the_format_of_the_sft_topic_task(monkeypatch):
+    """A model tuned on the built-in topic task is measured on what it learned: the same
+    prompt, and module names (not corpus ids) as the candidate answers."""
+    from types import SimpleNamespace
+
+    from transferlens.compare import behaviour as B
+    from transferlens.compare.data import Sample
+    from transferlens.training.datasets import TOPIC_LABELS, topic_task
+
+    row = topic_task("test", language="sv", max_examples=1)[0]
+    seen = {}
+
+    def fake(handle, prompts, candidates, gold, batch_size=16):
+        seen.update(prompts=prompts, candidates=candidates, gold=gold)
+        return SimpleNamespace(correct=np.array([g == candidates[0] for g in gold]))
+
+    monkeypatch.setattr(B, "label_loglik_accuracy", fake)
+    text = row["prompt"].removeprefix("Text: ").removesuffix("\nModule:")
+    sample = Sample(
+        ids=["a", "b", "c"],
+        topics=[row["label"], "other", "swriter" if row["label"] != "swriter" else "scalc"],
+        texts={"sv": [text, "Allmänt", "Infoga en tabell i dokumentet."]},
+        split="test",
+    )
+    cfg = SimpleNamespace(batch_size=4)
+    res = B._topic_task({"base": None}, sample, cfg, {}, {"n_boot": 10, "seed": 0})
+    assert seen["prompts"][0] == row["prompt"] and len(seen["prompts"]) == 2  # "other": out
+    assert set(seen["candidates"]) <= set(TOPIC_LABELS.values())
+    assert seen["gold"][0] == row["response"]
+    assert res.where(model="majority class")[0]["value"] == 0.5

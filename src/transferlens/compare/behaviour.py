@@ -91,41 +91,49 @@ def behaviour_stage(
             diff.add(d.value, ci=(d.ci_low, d.ci_high), n=len(texts), language=lang)
     results = [bpb, diff, fert]
     if "topic" in cfg.tasks:
-        results.append(_topic_task(handles, sample, cfg, common, boot))
+        task = _topic_task(handles, sample, cfg, common, boot)
+        if task is not None:
+            results.append(task)
+        else:
+            bpb.notes.append("task accuracy skipped: fewer than two named topics in the sample")
     meta = {"samples": _samples(handles, sample)}
     return results, meta
 
 
-def _topic_task(handles, sample: Sample, cfg: CompareConfig, common, boot) -> AnalysisResult:
-    """Classify a paragraph into its help module by the log-likelihood of each label."""
-    topics = sorted(set(sample.topics))
+def _topic_task(handles, sample: Sample, cfg: CompareConfig, common, boot) -> AnalysisResult | None:
+    """Classify a paragraph into its help module by the log-likelihood of each label, in the
+    format of the built-in SFT topic task (``training.datasets.topic_task``: the prompt
+    ``"Text: …\nModule:"``, the module's name as the answer), so that a model tuned on it is
+    measured on the task it learned. Paragraphs of the catch-all topic (no name) are left
+    out."""
+    from ..training.datasets import TOPIC_LABELS, topic_prompt
+
     lang = "sv" if "sv" in sample.texts else next(iter(sample.texts))
-    n = min(len(sample.ids), 100)
-    prompts = [f"{t}\nModule:" for t in sample.texts[lang][:n]]
-    gold = sample.topics[:n]
+    keep = [i for i, t in enumerate(sample.topics) if t in TOPIC_LABELS][:100]
+    n = len(keep)
+    names = sorted({TOPIC_LABELS[sample.topics[i]] for i in keep})
+    prompts = [topic_prompt(sample.texts[lang][i]) for i in keep]
+    gold = [TOPIC_LABELS[sample.topics[i]] for i in keep]
     res = AnalysisResult(
         "behaviour",
         "task_accuracy",
         "accuracy",
         data={
             "description": f"Topic (help module) of {n} {lang} paragraphs chosen among "
-            f"{len(topics)} labels by label log-likelihood.",
+            f"{len(names)} module names by their log-likelihood after the prompt "
+            "'Text: <paragraph>\\nModule:' (the built-in SFT topic task's format).",
             "ci_unit": "paragraphs",
-            "labels": topics,
+            "labels": names,
         },
         **common,
     )
+    if len(names) < 2:
+        return None
     for role, h in handles.items():
-        scores = label_loglik_accuracy(
-            h,
-            prompts,
-            [f" {t}" for t in topics],
-            [f" {g}" for g in gold],
-            batch_size=cfg.batch_size,
-        )
+        scores = label_loglik_accuracy(h, prompts, names, gold, batch_size=cfg.batch_size)
         ci = bootstrap_ci(lambda c: float(np.mean(c)), scores.correct.astype(float), **boot)
         res.add(ci.value, ci=(ci.ci_low, ci.ci_high), n=n, task="topic", model=role)
-    counts = {t: gold.count(t) for t in topics}
+    counts = {t: gold.count(t) for t in names}
     res.add(max(counts.values()) / n, n=n, task="topic", model="majority class")
     return res
 

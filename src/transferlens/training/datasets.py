@@ -31,6 +31,7 @@ __all__ = [
     "corpus_texts",
     "load_jsonl",
     "preference_pairs",
+    "topic_prompt",
     "topic_task",
     "translation_task",
 ]
@@ -129,6 +130,12 @@ def translation_task(
     return _subsample(out, max_examples, seed)
 
 
+def topic_prompt(text: str, max_words: int = 40) -> str:
+    """The topic task's prompt for a paragraph (cut to its first ``max_words`` words); the
+    expected response is the module's name in :data:`TOPIC_LABELS`."""
+    return f"Text: {_clip_words(text, max_words)}\nModule:"
+
+
 def topic_task(
     split: str,
     *,
@@ -158,7 +165,7 @@ def topic_task(
     rows = corpus_rows([language], split, topics=topics, min_words=min_words)
     out = [
         {
-            "prompt": f"Text: {_clip_words(r[language], max_words)}\nModule:",
+            "prompt": topic_prompt(r[language], max_words),
             "response": TOPIC_LABELS[r["topic"]],
             "label": r["topic"],
             "id": r["id"],
