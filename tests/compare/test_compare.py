@@ -98,6 +98,10 @@ def test_planted_change_shows_where_it_was_planted(report):
     assert by["crosslingual"].config["debiased"] is True
     for r in per.records + by["crosslingual"].where(metric="cka"):
         assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    for r in by["cka_summary"].records:  # the mean over layers carries its interval too
+        vals = [p["value"] for p in per.records if p["language"] == r["language"]]
+        assert r["value"] == pytest.approx(np.mean(vals))
+        assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["ci_low"] < r["ci_high"]
 
 
 def test_rerun_reuses_finished_stages(report):

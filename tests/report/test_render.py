@@ -235,6 +235,8 @@ def test_cka_captions_axes_and_range_follow_the_estimator(tmp_path):
     assert ax.get_ylim()[0] == pytest.approx(-0.2) and "debiased linear CKA" in ax.get_ylabel()
     fig = F.crosslingual_figure(by["crosslingual"], get_style("paper"))
     assert "debiased linear CKA" in fig.axes[0].get_ylabel()
+    for r in results:  # a 90 % level is named as such in captions and tables
+        r.config["ci_level"] = 0.9
     out = tmp_path / "debiased"
     save_results(out / "results.json", results, meta={"title": "t"})
     render_report(out, formats=["png"])
@@ -242,3 +244,5 @@ def test_cka_captions_axes_and_range_follow_the_estimator(tmp_path):
     assert "Debiased linear CKA between every pair of layers" in text
     assert "Debiased linear CKA between the base and adapted model" in text
     assert "per layer: debiased linear CKA and translation retrieval" in text
+    assert "Intervals: 90% bootstrap" in text and "Intervals: 95%" not in text
+    assert "Held-out bits per byte per language (90% CI)." in text

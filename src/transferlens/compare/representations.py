@@ -238,7 +238,7 @@ def similarity_stage(
     from ..analysis.alignment import retrieval_hits
     from ..analysis.cka_matrix import cka_matrix
     from ..analysis.cka_stats import cka_bootstrap
-    from ..analysis.stats import bootstrap_ci
+    from ..analysis.stats import bootstrap_ci, percentile_interval
 
     common = _common(handles, cfg)
     boot = {"n_boot": cfg.n_boot, "level": cfg.ci_level, "seed": cfg.seed}
@@ -271,22 +271,31 @@ def similarity_stage(
         "cka_summary",
         "debiased_linear_cka",
         **common,
-        data={"description": "Mean over layers of base–adapted CKA."},
+        data={
+            "description": "Mean over layers of base–adapted CKA; interval: the same "
+            "paragraph resamples for every layer.",
+            "ci_unit": "paragraphs",
+        },
     )
     for lang in sorted(set(acts.languages.tolist())):
         rows = acts.rows(lang)
-        vals = []
+        vals, dists = [], []
         for li, layer in enumerate(acts.layers):
             ci = cka_bootstrap(
                 base[li][rows],
                 adapted[li][rows],
                 debiased=True,
+                keep_distribution=True,
                 **boot,
                 name=f"{lang} layer {layer}",
             )
             per.add(ci.value, ci=(ci.ci_low, ci.ci_high), n=len(rows), language=lang, layer=layer)
             vals.append(ci.value)
-        summary.add(float(np.mean(vals)), language=lang, model="base vs adapted")
+            dists.append(ci.distribution)  # draw k is the same resample in every layer (seed)
+        lo, hi = percentile_interval(np.mean(dists, axis=0), cfg.ci_level)
+        summary.add(
+            float(np.mean(vals)), ci=(lo, hi), n=len(rows), language=lang, model="base vs adapted"
+        )
     out = [mat, per, summary]
     src, tgt = ("sv", "en")
     if src in acts.languages and tgt in acts.languages:

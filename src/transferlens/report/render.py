@@ -144,7 +144,7 @@ def _caption(spec: FigureSpec, res: AnalysisResult) -> str:
     if any("ci_low" in r for r in res.records):
         level = res.config.get("ci_level", 0.95)
         unit = res.data.get("ci_unit", "examples")
-        parts.append(f"Intervals: {int(level * 100)}% bootstrap over {unit}.")
+        parts.append(f"Intervals: {level * 100:g}% bootstrap over {unit}.")
     return " ".join(parts)
 
 
@@ -276,13 +276,15 @@ def _write_tables(
         ("behaviour_bpb", "language", "model", "Held-out bits per byte per language (95% CI)."),
         ("behaviour_fertility", "language", "model", "Tokenizer fertility (tokens per word)."),
         ("probe_best", "task", "model", "Best-layer probe accuracy (95% CI)."),
-        ("cka_summary", "language", "model", "Mean base–adapted CKA over layers."),
+        ("cka_summary", "language", "model", "Mean base–adapted {cka} over layers (95% CI)."),
         ("task_accuracy", "task", "model", "Task accuracy by label log-likelihood."),
     ]
     for name, rows, cols, cap in specs:
         res = by_name.get(name)
         if res is None or not res.records:
             continue
+        level = res.config.get("ci_level", 0.95)
+        cap = cap.replace("{cka}", F._cka_label(res)).replace("95%", f"{level * 100:g}%")
         tex = latex_table(res, rows, cols, cap)
         atomic_write_text(report_dir / "tables" / f"{name}.tex", tex)
         out.append((name, cap, res, rows, cols))
