@@ -103,6 +103,12 @@ class AnalysisResult:
     notes: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        # own copies: results built from one shared dict (a stage's common config) must not
+        # see each other's later changes (one result's "layer" appearing in another's config)
+        self.config, self.models = dict(self.config), dict(self.models)
+        self.data, self.notes = dict(self.data), list(self.notes)
+
     def add(
         self,
         value: float,
