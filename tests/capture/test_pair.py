@@ -34,6 +34,37 @@ def test_same_tokenizer_rows_match_single_captures(tiny, tiny_tok, texts):
     assert not np.allclose(pair.base.read("resid_post.1"), pair.adapted.read("resid_post.1"))
 
 
+@pytest.mark.parametrize("select", ["last", "mean", "all", "first_subtoken"])
+def test_same_tokenizer_different_contexts_read_the_same_tokens(tiny_tok, select):
+    """A context-extended adapted model with the base tokenizer: both read the text cut at
+    the shorter context, so rows stay token for token (they were other tokens, NaN rows or
+    an IndexError)."""
+    short = tiny_model("llama", tokenizer=tiny_tok, n_ctx=16, seed=0)
+    long = tiny_model("llama", tokenizer=tiny_tok, n_ctx=64, seed=1)
+    texts = [
+        "Inserts a new table into the document at the cursor position. Choose Format - Cells.",
+        "The quick brown fox",
+    ]
+    assert max(len(tiny_tok(t)["input_ids"]) for t in texts) > 16
+    unit = "word" if select == "first_subtoken" else None
+    for a, b in ((short, long), (long, short)):
+        pair = capture_pair(a, b, texts, "resid_post.0", select=select, unit=unit)
+        cols = ["example", "position", "token_id", "word"]
+        cols = [c for c in cols if c in pair.base.rows]
+        assert pair.base.rows[cols].equals(pair.adapted.rows[cols])
+        assert pair.base.rows["position"].max() < 16
+        for acts in (pair.base, pair.adapted):
+            assert np.isfinite(np.asarray(acts.read("resid_post.0"))).all()
+        # each equals its model's own capture cut at 16 tokens
+        single = capture(b, texts, "resid_post.0", select=select, unit=unit, max_length=16)
+        np.testing.assert_allclose(
+            np.asarray(pair.adapted.read("resid_post.0")),
+            np.asarray(single.read("resid_post.0")),
+            rtol=1e-6,
+            atol=1e-6,
+        )
+
+
 @pytest.mark.parametrize(
     "select, unit", [("mean", None), ("last", None), ("first_subtoken", None), ("mean", "word")]
 )

@@ -76,6 +76,12 @@ def _run(
     handles = [as_handle(m) for m in models]
     sides = [make_side(h, sites, cfg) for h in handles]
     same_tok = len({s.tok_hash for s in sides}) == 1
+    if len(sides) > 1 and same_tok:
+        # one tokenizer, tokens matched one to one: both models read the same tokens, cut at
+        # the shorter of their limits (e.g. a context-extended adapted model)
+        lens = [s.max_len for s in sides if s.max_len is not None]
+        for s in sides:
+            s.max_len = min(lens) if lens else None
     if len(sides) > 1:
         check_pair_selection(sel, same_tok)
         if [str(s) for s in sides[0].sites] != [str(s) for s in sides[1].sites]:
