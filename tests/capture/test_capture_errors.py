@@ -161,3 +161,15 @@ def test_pair_refuses_all_with_different_tokenizers(tiny, texts):
         capture_pair(tiny("llama"), other, texts, "resid_post.0", select="all")
     msg = _one_line(e)
     assert "tokenizers differ" in msg and "first_subtoken" in msg
+
+
+def test_float16_store_refuses_values_beyond_its_range(tiny_tok, texts, tmp_path):
+    """'Massive activations' (≈ 1e5 in one residual coordinate, as in large models) would be
+    stored as inf in float16: refused with the site and a dtype that holds them."""
+    h = tiny_model("llama", tokenizer=tiny_tok)
+    with torch.no_grad():
+        h.model.model.embed_tokens.weight[:, 3] *= 5e5
+    with pytest.raises(ValueError, match=r"resid_post.0: \d+ activation values reach .*bfloat16"):
+        capture(h, texts, "resid_post.0", dtype="float16", out=tmp_path / "s")
+    ok = capture(h, texts, "resid_post.0", dtype="bfloat16")
+    assert torch.isfinite(ok.tensor("resid_post.0").float()).all()

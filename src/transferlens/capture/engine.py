@@ -32,6 +32,19 @@ STORAGE_DTYPES = {
 }
 
 
+def _check_float16(name: str, out: torch.Tensor, stored: torch.Tensor) -> None:
+    """Refuse values that float16 turns into ±inf (beyond ±65504); inf/NaN the model itself
+    produced pass through to the store's own checks."""
+    over = torch.isinf(stored) & torch.isfinite(out)
+    if bool(over.any()):
+        peak = float(out[torch.isfinite(out)].abs().max())
+        raise ValueError(
+            f"{name}: {int(over.sum())} activation values reach {peak:.3g}, beyond float16's "
+            "range (65504), and would be stored as inf; capture with dtype='bfloat16' or "
+            "'float32' (--dtype), with overwrite=True (--overwrite) for this store"
+        )
+
+
 class CaptureEngine:
     """Runs batches through a model and returns the selected rows per site.
 
@@ -64,7 +77,10 @@ class CaptureEngine:
             if rows is None:  # a forward pass outside run() (not ours)
                 return None
             out = rows.take(act if self.grad else act.detach())
-            self._out[name] = out.to(self.dtype)
+            stored = out.to(self.dtype)
+            if self.dtype == torch.float16 and not bool(torch.isfinite(stored).all()):
+                _check_float16(name, out, stored)
+            self._out[name] = stored
             return None
 
         return fn
