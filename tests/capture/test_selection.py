@@ -168,3 +168,55 @@ def test_head_sites_sum_to_attn_out_through_a_store(tiny, texts, tmp_path):
     np.testing.assert_allclose(heads.sum(1), np.asarray(st.read("attn_out.1")), atol=1e-5)
     one = capture(h, texts, "head.1.2", select="all").read("head.1.2")
     np.testing.assert_allclose(one, heads[:, 2], atol=1e-6)
+
+
+def test_whitespace_tokens_belong_to_no_word_whatever_their_offsets():
+    """Word of each token by the rules in docs/capture.md, on the offsets real tokenizers give."""
+    from transferlens.capture.tokens import _word_of_tokens
+
+    # SentencePiece (Metaspace, byte fallback): the prepended lone "▁" is given the offsets of
+    # the first character, "Ö", which byte fallback spells in the next two tokens
+    text = "Öppna dialogen"
+    spans = np.array([[0, 5], [6, 14]])
+    offsets = np.array([[0, 1], [0, 1], [0, 1], [1, 3], [3, 5], [5, 12], [12, 14]])
+    pieces = ["▁", "<0xC3>", "<0x96>", "pp", "na", "▁dialog", "en"]
+    special = np.zeros(7, dtype=bool)
+    words = _word_of_tokens(offsets, spans, special, text, pieces)
+    assert words.tolist() == [-1, 0, 0, 0, 0, 1, 1]
+    # Llama-3-style pre-tokeniser: ".\n" is one token; it ends the word "dialog." as "." would
+    text = "Open the dialog.\nNext"
+    spans = np.array([[0, 4], [5, 8], [9, 16], [17, 21]])
+    offsets = np.array([[0, 4], [4, 8], [8, 15], [15, 17], [17, 21]])
+    pieces = ["Open", "Ġthe", "Ġdialog", ".Ċ", "Next"]
+    words = _word_of_tokens(offsets, spans, np.zeros(5, dtype=bool), text, pieces)
+    assert words.tolist() == [0, 1, 2, 2, 3]
+    # tokens of whitespace only, by their text (double space, newline)
+    text = "a  b\n"
+    offsets = np.array([[0, 1], [1, 3], [3, 4], [4, 5]])
+    words = _word_of_tokens(offsets, np.array([[0, 1], [3, 4]]), np.zeros(4, dtype=bool), text)
+    assert words.tolist() == [0, -1, 1, -1]
+
+
+def test_a_word_cut_by_left_truncation_is_not_covered(tiny_tok):
+    import copy
+
+    from transferlens.capture.inputs import Example
+    from transferlens.capture.tokens import encode
+
+    tok = copy.deepcopy(tiny_tok)
+    tok.truncation_side = "left"  # a user's tokenizer may cut from the left
+    text = "Inserts a new table into the document at the cursor position."
+    spans, pos = [], 0
+    for w in text.split():
+        start = text.index(w, pos)
+        spans.append((start, start + len(w)))
+        pos = start + len(w)
+    ex = Example(index=0, id=0, text=text, language=None, word_spans=tuple(spans))
+    enc = encode(tok, [ex], max_len=12, truncate=True, need_words=True)[0]
+    ref = tok(text, truncation=True, max_length=12, return_offsets_mapping=True)
+    begin = min(a for a, b in ref["offset_mapping"] if b > a)
+    cut = [k for k, (a, b) in enumerate(spans) if a < begin < b]
+    assert cut, "the cut falls inside a word here (e.g. 'document' kept as 'ument')"
+    assert not enc.covered[cut[0]]  # was covered: its first sub-token was a word's middle
+    assert enc.covered[[k for k, (a, b) in enumerate(spans) if a >= begin]].all()
+    assert not enc.covered[[k for k, (a, b) in enumerate(spans) if b <= begin]].any()

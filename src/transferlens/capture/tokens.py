@@ -89,16 +89,35 @@ def context_length(model: Any, tokenizer: Any) -> int | None:
     return None
 
 
-def _word_of_tokens(offsets: np.ndarray, spans: np.ndarray, special: np.ndarray) -> np.ndarray:
-    """Word index per token: the word containing the token's last character (or -1)."""
+_MARKERS = "\u2581\u0120\u010a\u0109"  # SentencePiece ▁, byte-level Ġ (space), Ċ, ĉ
+
+
+def _word_of_tokens(
+    offsets: np.ndarray,
+    spans: np.ndarray,
+    special: np.ndarray,
+    text: str,
+    pieces: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Word index per token: the word containing the token's last non-whitespace character;
+    -1 for special tokens and tokens of whitespace only — by their text (``".\n"`` belongs to
+    the word before it) and by their vocabulary piece (a lone SentencePiece ``▁`` whose
+    offsets cover the next character)."""
     words = np.full(len(offsets), -1, dtype=np.int32)
     if len(spans) == 0 or len(offsets) == 0:
         return words
+    # last_ink[i]: the last non-whitespace character at or before i (-1 if none)
+    ink = np.fromiter((not c.isspace() for c in text), dtype=bool, count=len(text))
+    idx = np.where(ink, np.arange(len(text)), -1)
+    last_ink = np.maximum.accumulate(idx) if len(idx) else idx
+    end = np.clip(offsets[:, 1] - 1, 0, max(len(text) - 1, 0))
+    last = last_ink[end] if len(text) else np.full(len(offsets), -1)
     starts, ends = spans[:, 0], spans[:, 1]
-    last = offsets[:, 1] - 1
     w = np.searchsorted(starts, last, side="right") - 1
-    ok = (offsets[:, 1] > offsets[:, 0]) & (w >= 0) & ~special
+    ok = (offsets[:, 1] > offsets[:, 0]) & (last >= offsets[:, 0]) & (w >= 0) & ~special
     ok &= last < ends[np.clip(w, 0, None)]
+    if pieces is not None:
+        ok &= np.array([bool(p.strip(_MARKERS).strip()) for p in pieces], dtype=bool)
     words[ok] = w[ok]
     return words
 
@@ -157,11 +176,16 @@ def encode(
         spans = np.asarray(ex.word_spans, dtype=np.int64).reshape(-1, 2)
         if fast:
             offsets = np.asarray(cut["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
-            words = _word_of_tokens(offsets, spans, special)
+            pieces = tokenizer.convert_ids_to_tokens(ids.tolist()) if need_words else None
+            words = _word_of_tokens(offsets, spans, special, ex.text, pieces)
             has = np.zeros(len(spans), dtype=bool)
             has[words[words >= 0]] = True
-            reach = offsets[~special, 1].max() if (~special).any() else 0
-            covered = has & (spans[:, 1] <= reach)
+            real = offsets[~special]
+            reach = real[:, 1].max() if len(real) else 0
+            begin = real[:, 0].min() if len(real) else 0
+            # a word is covered only if truncation cut neither its end nor (left truncation)
+            # its start
+            covered = has & (spans[:, 1] <= reach) & (spans[:, 0] >= begin)
         else:
             words = np.full(len(ids), -1, dtype=np.int32)
             covered = np.zeros(len(spans), dtype=bool)
