@@ -177,9 +177,50 @@ def test_task_accuracy_asks_in_the_format_of_the_sft_topic_task(monkeypatch):
         texts={"sv": [text, "Allmänt", "Infoga en tabell i dokumentet."]},
         split="test",
     )
-    cfg = SimpleNamespace(batch_size=4)
+    cfg = SimpleNamespace(batch_size=4, seed=0)
     res = B._topic_task({"base": None}, sample, cfg, {}, {"n_boot": 10, "seed": 0})
     assert seen["prompts"][0] == row["prompt"] and len(seen["prompts"]) == 2  # "other": out
-    assert set(seen["candidates"]) <= set(TOPIC_LABELS.values())
+    assert seen["candidates"] == sorted(TOPIC_LABELS.values())  # the full 8-way task
     assert seen["gold"][0] == row["response"]
-    assert res.where(model="majority class")[0]["value"] == 0.5
+    # the majority class is the most frequent *training* module, scored on these paragraphs
+    from collections import Counter
+
+    from transferlens.data import load_corpus
+
+    train = Counter(
+        TOPIC_LABELS[t] for t in load_corpus(split="train")["topic"] if t in TOPIC_LABELS
+    )
+    top = max(train, key=train.get)
+    want = np.mean([g == top for g in seen["gold"]])
+    assert res.where(model="majority class")[0]["value"] == pytest.approx(want)
+    assert top in res.data["description"]
+
+
+def test_task_accuracy_draws_its_paragraphs_from_every_module(monkeypatch):
+    """The sample is in corpus order (sorted by module); the first 100 were the alphabetically
+    first modules only. A seeded draw covers them all."""
+    from types import SimpleNamespace
+
+    from transferlens.compare import behaviour as B
+    from transferlens.compare.data import sample_paragraphs
+
+    seen = {}
+
+    def fake(handle, prompts, candidates, gold, batch_size=16):
+        seen["gold"] = gold
+        return SimpleNamespace(correct=np.zeros(len(gold), dtype=bool))
+
+    monkeypatch.setattr(B, "label_loglik_accuracy", fake)
+    sample = sample_paragraphs(CompareConfig(max_examples=400, seed=0))
+    B._topic_task({"m": None}, sample, SimpleNamespace(batch_size=4, seed=0), {}, {"n_boot": 5})
+    assert len(seen["gold"]) == 100
+    assert {"Writer", "Impress", "Math", "General", "Basic"} <= set(seen["gold"])
+
+
+def test_sample_does_not_depend_on_the_requested_languages():
+    from transferlens.compare.data import sample_paragraphs
+
+    two = sample_paragraphs(CompareConfig(languages=["en", "sv"], max_examples=50, seed=3))
+    five = sample_paragraphs(CompareConfig(max_examples=50, seed=3))
+    assert two.ids == five.ids and two.texts["sv"] == five.texts["sv"]
+    assert list(two.texts) == ["en", "sv"] and two.key() != five.key()  # other languages

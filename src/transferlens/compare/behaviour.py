@@ -106,35 +106,44 @@ def _topic_task(handles, sample: Sample, cfg: CompareConfig, common, boot) -> An
     ``"Text: …\nModule:"``, the module's name as the answer), so that a model tuned on it is
     measured on the task it learned. Paragraphs of the catch-all topic (no name) are left
     out."""
+    from ..analysis.behaviour import majority_baseline
+    from ..data import load_corpus
     from ..training.datasets import TOPIC_LABELS, topic_prompt
 
     lang = "sv" if "sv" in sample.texts else next(iter(sample.texts))
-    keep = [i for i, t in enumerate(sample.topics) if t in TOPIC_LABELS][:100]
+    named = [i for i, t in enumerate(sample.topics) if t in TOPIC_LABELS]
+    if len({sample.topics[i] for i in named}) < 2:
+        return None
+    # up to 100 paragraphs, a seeded draw (the sample is in corpus order: sorted by module)
+    rng = np.random.default_rng(cfg.seed)
+    keep = sorted(rng.permutation(named)[:100].tolist())
     n = len(keep)
-    names = sorted({TOPIC_LABELS[sample.topics[i]] for i in keep})
+    names = sorted(set(TOPIC_LABELS.values()))  # every module, as the SFT task asks
     prompts = [topic_prompt(sample.texts[lang][i]) for i in keep]
     gold = [TOPIC_LABELS[sample.topics[i]] for i in keep]
+    train = [TOPIC_LABELS[t] for t in load_corpus(split="train")["topic"] if t in TOPIC_LABELS]
+    majority, hits = majority_baseline(train, gold)
     res = AnalysisResult(
         "behaviour",
         "task_accuracy",
         "accuracy",
         data={
-            "description": f"Topic (help module) of {n} {lang} paragraphs chosen among "
-            f"{len(names)} module names by their log-likelihood after the prompt "
-            "'Text: <paragraph>\\nModule:' (the built-in SFT topic task's format).",
+            "description": f"Topic (help module) of {n} {lang} paragraphs (a seeded draw of "
+            f"the sample's named topics) chosen among all {len(names)} module names by their "
+            "summed log-likelihood after the prompt 'Text: <paragraph>\\nModule:' (the "
+            "built-in SFT topic task's format; a sum favours names of fewer tokens). "
+            f"Majority class: the most frequent training-split module ({majority}).",
             "ci_unit": "paragraphs",
             "labels": names,
         },
         **common,
     )
-    if len(names) < 2:
-        return None
     for role, h in handles.items():
         scores = label_loglik_accuracy(h, prompts, names, gold, batch_size=cfg.batch_size)
         ci = bootstrap_ci(lambda c: float(np.mean(c)), scores.correct.astype(float), **boot)
         res.add(ci.value, ci=(ci.ci_low, ci.ci_high), n=n, task="topic", model=role)
-    counts = {t: gold.count(t) for t in names}
-    res.add(max(counts.values()) / n, n=n, task="topic", model="majority class")
+    ci = bootstrap_ci(lambda c: float(np.mean(c)), hits.astype(float), **boot)
+    res.add(ci.value, ci=(ci.ci_low, ci.ci_high), n=n, task="topic", model="majority class")
     return res
 
 

@@ -18,6 +18,11 @@ from ..results import AnalysisResult, atomic_write_text, to_jsonable
 __all__ = ["StageCache", "stage_key"]
 
 
+#: Raised whenever a stage's numbers change for the same configuration (a fixed estimator, a
+#: new sampling rule), so that a re-run into an existing report folder recomputes them.
+METHODS = 2
+
+
 def stage_key(stage: str, fingerprints: dict[str, str], config: dict[str, Any]) -> str:
     from .. import __version__
 
@@ -26,6 +31,7 @@ def stage_key(stage: str, fingerprints: dict[str, str], config: dict[str, Any]) 
         "models": fingerprints,
         "config": to_jsonable(config),
         "version": __version__,
+        "methods": METHODS,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 

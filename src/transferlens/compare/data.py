@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +33,11 @@ class Sample:
     texts: dict[str, list[str]]
     split: str
 
+    def key(self) -> str:
+        """A short hash of which paragraphs (and languages) these are."""
+        doc = json.dumps([self.split, list(self.texts), [str(i) for i in self.ids]])
+        return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
     def describe(self) -> str:
         return (
             f"{len(self.ids)} parallel paragraphs of the bundled LibreOffice-help corpus "
@@ -39,10 +46,13 @@ class Sample:
 
 
 def sample_paragraphs(cfg: CompareConfig, min_words: int = 3) -> Sample:
-    """Draw ``cfg.max_examples`` paragraphs (seeded) present in every requested language."""
+    """Draw ``cfg.max_examples`` paragraphs (seeded) with at least ``min_words`` words in every
+    corpus language — whichever languages are requested, so that a language's numbers from
+    runs with different ``--languages`` are on the same paragraphs."""
     from ..data import load_corpus
+    from ..training.datasets import LANGUAGE_NAMES
 
-    ds = load_corpus(languages=cfg.languages, split=cfg.split, min_words=min_words)
+    ds = load_corpus(languages=list(LANGUAGE_NAMES), split=cfg.split, min_words=min_words)
     n = min(cfg.max_examples, len(ds))
     rng = np.random.default_rng(cfg.seed)
     rows = sorted(rng.choice(len(ds), size=n, replace=False).tolist())

@@ -148,6 +148,7 @@ def compare(
         for k, v in cfg.to_dict().items()
         if k not in ("name_base", "name_adapted", "device", "analyses")
     }
+    key_cfg["sample"] = sample.key()  # the paragraphs themselves, not only how they were drawn
     results: list[AnalysisResult] = []
     meta: dict[str, Any] = {}
     captured = None
