@@ -224,3 +224,26 @@ def test_sample_does_not_depend_on_the_requested_languages():
     five = sample_paragraphs(CompareConfig(max_examples=50, seed=3))
     assert two.ids == five.ids and two.texts["sv"] == five.texts["sv"]
     assert list(two.texts) == ["en", "sv"] and two.key() != five.key()  # other languages
+
+
+def test_rerun_with_other_paragraphs_replaces_stores_and_stale_outputs(tmp_path):
+    base, adapted = _pair()
+    out = tmp_path / "r"
+    first = dict(SMALL, analyses=["behaviour", "similarity"])
+    compare(base, adapted, out, CompareConfig(**first), progress=False)
+    assert (out / "tables" / "cka_summary.tex").exists()
+    # other paragraphs (the stores hold the old ones) and no similarity stage this time
+    again = dict(SMALL, max_examples=10, analyses=["behaviour", "probe"])
+    compare(base, adapted, out, CompareConfig(**again), progress=False)
+    results, _ = load_results(out / "results.json")
+    by = {r.name: r for r in results}
+    assert "cka_matrix" not in by and by["probe_accuracy"].records
+    assert {r["n"] for r in by["behaviour_bpb"].records} == {10}
+    # nothing of the first run's similarity stage is left to be mistaken for this run's
+    assert not (out / "tables" / "cka_summary.tex").exists()
+    assert (
+        not list((out / "figures").glob("cka_*"))
+        and not (out / "data" / "cka_heatmaps.csv").exists()
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["max_examples"] == 10 and manifest["complete"] is True

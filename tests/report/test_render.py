@@ -55,11 +55,16 @@ def test_csv_holds_the_figure_numbers(report):
     out, _ = report
     results, _ = load_results(out / "results.json")
     bpb = next(r for r in results if r.name == "behaviour_bpb")
+    fert = next(r for r in results if r.name == "behaviour_fertility")
     lines = (out / "data" / "behaviour.csv").read_text().splitlines()
-    assert lines[0].split(",") == ["model", "language", "value", "ci_low", "ci_high", "n"]
-    assert len(lines) == 1 + len(bpb.records)
+    head = ["result", "model", "language", "value", "ci_low", "ci_high", "n"]
+    assert lines[0].split(",") == head
+    assert len(lines) == 1 + len(bpb.records) + len(fert.records)  # both panels
     first = lines[1].split(",")
-    assert float(first[2]) == pytest.approx(bpb.records[0]["value"])
+    assert first[0] == "behaviour_bpb" and float(first[3]) == pytest.approx(bpb.records[0]["value"])
+    per = next(r for r in results if r.name == "cka_per_layer" or r.name == "cka_base_adapted")
+    lines = (out / "data" / "cka_per_layer.csv").read_text().splitlines()
+    assert len(lines) == 1 + len(per.records) and not lines[0].startswith("result")
 
 
 def test_latex_table_and_notes(report):
@@ -246,3 +251,22 @@ def test_cka_captions_axes_and_range_follow_the_estimator(tmp_path):
     assert "per layer: debiased linear CKA and translation retrieval" in text
     assert "Intervals: 90% bootstrap" in text and "Intervals: 95%" not in text
     assert "Held-out bits per byte per language (90% CI)." in text
+
+
+def test_rerender_removes_what_the_results_no_longer_hold_and_csv_holds_every_panel(tmp_path):
+    results = synthetic_results(3)
+    save_results(tmp_path / "results.json", results, meta={"title": "t"})
+    render_report(tmp_path, formats=["png"])
+    assert (tmp_path / "figures" / "cka_heatmaps.png").exists()
+    (tmp_path / "tables" / ".keep").write_text("")  # hidden files are not the report's own
+    rows = (tmp_path / "data" / "behaviour.csv").read_text().splitlines()
+    assert rows[0].startswith("result,")
+    assert {r.split(",")[0] for r in rows[1:]} == {"behaviour_bpb", "behaviour_fertility"}
+    # results without the CKA matrix: its figure, data and any table go
+    kept = [r for r in results if r.name != "cka_matrix"]
+    save_results(tmp_path / "results.json", kept, meta={"title": "t"})
+    render_report(tmp_path, formats=["png"])
+    assert not list((tmp_path / "figures").glob("cka_heatmaps.*"))
+    assert not (tmp_path / "data" / "cka_heatmaps.csv").exists()
+    assert (tmp_path / "figures" / "cka_per_layer.png").exists()
+    assert (tmp_path / "tables" / ".keep").exists()

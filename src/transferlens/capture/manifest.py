@@ -38,7 +38,18 @@ if TYPE_CHECKING:
     from .inputs import ExampleSource
     from .plan import Plan, Side
 
-__all__ = ["FORMAT", "build_manifest", "check_compatible", "human_bytes", "versions"]
+__all__ = [
+    "FORMAT",
+    "StoreMismatch",
+    "build_manifest",
+    "check_compatible",
+    "human_bytes",
+    "versions",
+]
+
+
+class StoreMismatch(ValueError):
+    """An existing store at ``out`` holds another capture (model, data, settings)."""
 
 FORMAT = "transferlens.activations"
 VERSION = 1
@@ -149,7 +160,7 @@ def check_compatible(old: dict[str, Any], new: dict[str, Any], where: str) -> No
                 a, b = len(a or []), len(b or [])
             if key == "sites":
                 a, b = ",".join(a), ",".join(b)
-            raise ValueError(
+            raise StoreMismatch(
                 f"refusing to write to {where}: the store " + msg.format(a=a, b=b) + f"; {fix}"
             )
 

@@ -7,6 +7,7 @@ on exactly the same rows.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from ..results import AnalysisResult
 from .config import CompareConfig
 from .data import LAYER_NOTE, Sample
 from .tasks import FAST_TASKS, add_probe_records, probe_into
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PairedStacks", "capture_stage", "probe_stage", "similarity_stage"]
 
@@ -55,27 +58,41 @@ def capture_stage(
     folder: Path,
     progress: bool | None = None,
 ) -> PairedStacks:
-    """Capture both models (resumable store under ``folder``) and load the layer stacks."""
+    """Capture both models (resumable store under ``folder``) and load the layer stacks.
+
+    The stores belong to the report folder: stores of another capture there (other
+    paragraphs, models or settings from an earlier run) are replaced; an interrupted capture
+    of the same one resumes."""
     from ..capture import capture_pair
+    from ..capture.manifest import StoreMismatch
 
     data = [
         {"id": pid, "language": lang, "text": sample.texts[lang][i], "topic": sample.topics[i]}
         for i, pid in enumerate(sample.ids)
         for lang in sample.texts
     ]
-    pair = capture_pair(
-        handles["base"],
-        handles["adapted"],
-        data,
-        ["embed", "resid_post"],
-        select="mean",
-        out=folder,
-        max_length=cfg.max_length,
-        batch_size=cfg.batch_size,
-        label_columns=["topic"],
-        progress=progress,
-        data_name=sample.describe(),
-    )
+
+    def run(overwrite: bool):
+        return capture_pair(
+            handles["base"],
+            handles["adapted"],
+            data,
+            ["embed", "resid_post"],
+            select="mean",
+            out=folder,
+            max_length=cfg.max_length,
+            batch_size=cfg.batch_size,
+            label_columns=["topic"],
+            progress=progress,
+            data_name=sample.describe(),
+            overwrite=overwrite,
+        )
+
+    try:
+        pair = run(False)
+    except StoreMismatch as e:
+        log.info("capturing again: %s", e)
+        pair = run(True)
     stacks = {}
     for role, store in (("base", pair.base), ("adapted", pair.adapted)):
         order = ["embed"] + [f"resid_post.{layer}" for layer in range(handles[role].n_layers)]

@@ -122,7 +122,7 @@ def compare(
     out = check_report_dir(out or _default_out(hb, ha))
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()
-    for stale in ("results.json", "report.html", "report.md"):
+    for stale in ("results.json", "report.html", "report.md", "manifest.json"):
         (out / stale).unlink(missing_ok=True)
     handles = {"base": hb, "adapted": ha}
     fps = {"base": hb.fingerprint, "adapted": ha.fingerprint}

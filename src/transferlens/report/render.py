@@ -221,6 +221,18 @@ def _save_figure(fig, path_stem: Path, formats: Sequence[str]) -> dict[str, Path
     return out
 
 
+def _figure_csv(results: Sequence[AnalysisResult], path: Path) -> None:
+    """The records a figure draws: one result's as they are; several results' (panels) in one
+    table with a ``result`` column naming each record's result."""
+    if len(results) == 1:
+        results[0].to_csv(path)
+        return
+    merged = AnalysisResult(results[0].analysis, results[0].name, results[0].metric)
+    for r in results:
+        merged.records += [{"result": r.name, **rec} for rec in r.records]
+    merged.to_csv(path)
+
+
 def render_report(
     report_dir: str | os.PathLike,
     *,
@@ -249,6 +261,7 @@ def render_report(
 
     matplotlib.use("Agg", force=False)
     rendered = []
+    written: set[Path] = set()
     with use_style(st):
         for spec in FIGURES:
             rs = [by_name.get(n) for n in spec.results]
@@ -257,9 +270,15 @@ def render_report(
             rs = [r for r in rs if r is not None]
             fig = spec.draw(rs, st)
             files = _save_figure(fig, report_dir / "figures" / spec.name, fmts)
-            rs[0].to_csv(report_dir / "data" / f"{spec.name}.csv")
+            _figure_csv(rs, report_dir / "data" / f"{spec.name}.csv")
             rendered.append((spec, rs[0], files))
+            written |= set(files.values()) | {report_dir / "data" / f"{spec.name}.csv"}
     tables = _write_tables(report_dir, by_name)
+    written |= {report_dir / "tables" / f"{t[0]}.tex" for t in tables}
+    for sub in ("figures", "data", "tables"):  # what an earlier render left and this one did not
+        for f in (report_dir / sub).iterdir():
+            if f.is_file() and f not in written and not f.name.startswith("."):
+                f.unlink()
     md = _markdown(rendered, tables, meta, manifest, by_name)
     atomic_write_text(report_dir / "report.md", md)
     page = _html(rendered, tables, meta, manifest, by_name)
