@@ -125,8 +125,9 @@ def test_token_level_and_user_tasks_give_records_for_both_models(run):
         chance = acc.data["chance"][task]
         assert 0.0 < chance < 1.0
     # word_initial: token rows, at most ROWS_PER_EXAMPLE per text (2 languages x 16)
-    n = acc.where(task="word_initial", model="base", kind="task")[0]["n"]
-    assert 32 < n <= ROWS_PER_EXAMPLE * 32
+    rec = acc.where(task="word_initial", model="base", kind="task")[0]
+    assert 32 < rec["rows"] <= ROWS_PER_EXAMPLE * 32
+    assert rec["n"] == 16  # the units the interval resamples: the examples
     assert "word_initial" in acc.data["tasks"] and "marked" in acc.data["tasks"]
     assert not acc.notes
 

@@ -270,3 +270,38 @@ def test_rerender_removes_what_the_results_no_longer_hold_and_csv_holds_every_pa
     assert not (tmp_path / "data" / "cka_heatmaps.csv").exists()
     assert (tmp_path / "figures" / "cka_per_layer.png").exists()
     assert (tmp_path / "tables" / ".keep").exists()
+
+
+def test_legends_gaps_nulls_and_escaping(tmp_path):
+    from transferlens.report import figures as F
+    from transferlens.report.render import _latex_escape, latex_table
+    from transferlens.report.style import get_style
+
+    results = synthetic_results(3)
+    by = {r.name: r for r in results}
+    st = get_style("paper")
+    # the retrieval panel's chance line is in the legend, though the first panel has none
+    fig = F.crosslingual_figure(by["crosslingual"], st)
+    labels = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert "chance" in labels and len(labels) == len(set(labels))
+    # one unknown interval leaves a gap in the band, not a figure without any band
+    per = by["cka_base_adapted"]
+    per.records[0]["ci_low"] = None
+    fig = F.cka_per_layer_figure(per, st)
+    assert fig.axes[0].collections  # bands drawn
+    # a null weight-change value is left out of its bar, not a TypeError
+    by["weight_change"].records[0]["value"] = None
+    F.weight_change_figure(by["weight_change"], st)
+    # display names with LaTeX and Markdown syntax are escaped
+    assert _latex_escape("a^b_{c}~%") == r"a\textasciicircum{}b\_\{c\}\textasciitilde{}\%"
+    res = by["behaviour_bpb"]
+    res.config["display_names"] = {"base": "base | en+de", "adapted": "adapted^2"}
+    tex = latex_table(res, "language", "model", "cap")
+    assert r"adapted\textasciicircum{}2" in tex
+    for r in by["probe_transfer"].records:
+        r.update(ci_low=r["value"] - 0.1, ci_high=r["value"] + 0.1)
+    save_results(tmp_path / "results.json", results, meta={"title": "t"})
+    render_report(tmp_path, formats=["png"])
+    md = (tmp_path / "report.md").read_text()
+    assert "base \\| en+de" in md
+    assert "not drawn in the heatmap" in md  # the transfer and patching heatmaps' intervals

@@ -51,6 +51,7 @@ __all__ = [
 class StoreMismatch(ValueError):
     """An existing store at ``out`` holds another capture (model, data, settings)."""
 
+
 FORMAT = "transferlens.activations"
 VERSION = 1
 

@@ -212,7 +212,8 @@ def _topic_transfer(acts: PairedStacks, labels, pc, cross_lingual_transfer, comm
         **common,
         data={
             "description": f"Topic probe at layer {layer}, trained on one "
-            "language and tested on the parallel paragraphs of another."
+            "language and tested on the parallel paragraphs of another.",
+            "ci_unit": "paragraphs",
         },
     )
     out.config["layer"] = layer

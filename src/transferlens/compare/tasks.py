@@ -163,7 +163,8 @@ def add_probe_records(
         acc.add(
             r["value"],
             ci=(r.get("ci_low"), r.get("ci_high")) if r.get("ci_low") is not None else None,
-            n=r.get("n"),
+            n=r.get("n_groups", r.get("n")),  # units (paragraphs, examples): the bootstrap's
+            rows=r.get("n"),  # rows scored (tokens or texts)
             task=task,
             model=r["model"],
             kind=kind,

@@ -55,14 +55,25 @@ def _line(
     xs = np.array([r[x] for r in recs], dtype=float)
     ys = np.array([np.nan if r["value"] is None else r["value"] for r in recs], dtype=float)
     ax.plot(xs, ys, ls=ls, marker=marker, color=color, label=label)
-    if all("ci_low" in r and r["ci_low"] is not None for r in recs):
-        lo = np.array([r["ci_low"] for r in recs], dtype=float)
-        hi = np.array([r["ci_high"] for r in recs], dtype=float)
-        ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
+    lo = np.array([_num(r.get("ci_low")) for r in recs], dtype=float)
+    hi = np.array([_num(r.get("ci_high")) for r in recs], dtype=float)
+    has = np.isfinite(lo) & np.isfinite(hi)
+    if has.any():  # the band where intervals are known, gaps where they are not
+        ax.fill_between(xs, lo, hi, where=has, color=color, alpha=0.2, linewidth=0)
+
+
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
 
 
 def _legend_below(fig: Figure, ax, title: str | None = None) -> None:
-    handles, labels = ax.get_legend_handles_labels()
+    """One legend under the figure, with the entries of every panel (once each)."""
+    handles, labels = [], []
+    for a in fig.axes if fig.axes else [ax]:
+        for h, lab in zip(*a.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
     if handles:
         fig.legend(
             handles, labels, loc="outside lower center", ncols=min(len(labels), 4), title=title
@@ -387,7 +398,11 @@ def weight_change_figure(result: AnalysisResult, style: Style) -> Figure:
     for i, k in enumerate(kinds):
         vals = []
         for layer in layers:
-            rr = [r["value"] for r in result.records if r["module"] == k and r["layer"] == layer]
+            rr = [
+                r["value"]
+                for r in result.records
+                if r["module"] == k and r["layer"] == layer and r["value"] is not None
+            ]
             vals.append(float(np.mean(rr)) if rr else np.nan)
         ax.bar(
             x + (i - (len(kinds) - 1) / 2) * width, vals, width, label=str(k), color=PALETTE[i % 8]

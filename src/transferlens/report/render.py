@@ -46,6 +46,7 @@ class FigureSpec:
     results: tuple[str, ...]  # result names; the first is required, others optional
     draw: Callable[..., Any]
     caption: str
+    draws_intervals: bool = True  # heatmaps do not: their intervals are in the CSV
 
 
 FIGURES: tuple[FigureSpec, ...] = (
@@ -71,6 +72,7 @@ FIGURES: tuple[FigureSpec, ...] = (
         ("probe_transfer",),
         lambda rs, st: F.probe_transfer_figure(rs[0], st),
         "Probe trained on one language (rows) and tested on another (columns).",
+        draws_intervals=False,
     ),
     FigureSpec(
         "cka_heatmaps",
@@ -102,6 +104,7 @@ FIGURES: tuple[FigureSpec, ...] = (
         "Normalised effect of inserting the other model's activation at one site "
         "(all positions): 0 = unchanged behaviour, 1 = the other model's behaviour "
         "(ratio of means over prompts).",
+        draws_intervals=False,
     ),
     FigureSpec(
         "latent_language",
@@ -116,7 +119,9 @@ FIGURES: tuple[FigureSpec, ...] = (
         "Weight change per layer",
         ("weight_change",),
         lambda rs, st: F.weight_change_figure(rs[0], st),
-        "Relative change of each weight matrix, ‖W_adapted − W_base‖_F / ‖W_base‖_F.",
+        "Relative change of the attention (MLP) weights of each block, "
+        "‖W_adapted − W_base‖_F / ‖W_base‖_F over the block's matrices together (squared "
+        "Frobenius norms summed).",
     ),
 )
 
@@ -144,7 +149,13 @@ def _caption(spec: FigureSpec, res: AnalysisResult) -> str:
     if any("ci_low" in r for r in res.records):
         level = res.config.get("ci_level", 0.95)
         unit = res.data.get("ci_unit", "examples")
-        parts.append(f"Intervals: {level * 100:g}% bootstrap over {unit}.")
+        if spec.draws_intervals:
+            parts.append(f"Intervals: {level * 100:g}% bootstrap over {unit}.")
+        else:
+            parts.append(
+                f"{level * 100:g}% bootstrap intervals over {unit}: in data/{spec.name}.csv "
+                "(not drawn in the heatmap)."
+            )
     return " ".join(parts)
 
 
@@ -156,17 +167,28 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "&": r"\&",
+    "%": r"\%",
+    "_": r"\_",
+    "#": r"\#",
+    "$": r"\$",
+}
+
+
 def _latex_escape(s: str) -> str:
-    for a, b in (
-        ("\\", r"\textbackslash{}"),
-        ("&", r"\&"),
-        ("%", r"\%"),
-        ("_", r"\_"),
-        ("#", r"\#"),
-        ("$", r"\$"),
-    ):
-        s = s.replace(a, b)
-    return s
+    """``s`` as LaTeX text (one pass, so that no replacement is escaped again)."""
+    return "".join(_LATEX.get(c, c) for c in s)
+
+
+def _md_cell(s: str) -> str:
+    """``s`` in a Markdown table cell (a ``|`` would end the cell)."""
+    return s.replace("|", "\\|")
 
 
 def latex_table(res: AnalysisResult, rows: str, cols: str, caption: str) -> str:
@@ -293,10 +315,15 @@ def _write_tables(
     out = []
     specs = [
         ("behaviour_bpb", "language", "model", "Held-out bits per byte per language (95% CI)."),
-        ("behaviour_fertility", "language", "model", "Tokenizer fertility (tokens per word)."),
+        (
+            "behaviour_fertility",
+            "language",
+            "model",
+            "Tokenizer fertility (tokens per word; 95% CI).",
+        ),
         ("probe_best", "task", "model", "Best-layer probe accuracy (95% CI)."),
         ("cka_summary", "language", "model", "Mean base–adapted {cka} over layers (95% CI)."),
-        ("task_accuracy", "task", "model", "Task accuracy by label log-likelihood."),
+        ("task_accuracy", "task", "model", "Task accuracy by label log-likelihood (95% CI)."),
     ]
     for name, rows, cols, cap in specs:
         res = by_name.get(name)
@@ -382,6 +409,8 @@ def _markdown(rendered, tables, meta, manifest, by_name) -> str:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     for _name, cap, res, rows, cols in tables:
         header, _, body = _table_rows(res, rows, cols)
+        header = [_md_cell(h) for h in header]
+        body = [[_md_cell(c) for c in b] for b in body]
         lines += [f"**{cap}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(b) + " |" for b in body] + [""]
     for spec, res, _files in rendered:
