@@ -370,3 +370,43 @@ def test_position_bucket_labels(bpe):
         token_labels(text, bpe, "position_bucket", buckets=[4, 2])
     with pytest.raises(ValueError, match="unknown token label"):
         token_labels(text, bpe, "pos")
+
+
+def _llama2_style_tokenizer():
+    """SentencePiece-like (normaliser: prepend "▁", spaces to "▁"; BPE with no "▁(" piece):
+    a text starting with "(" begins with a lone "▁" carrying the offsets of "("."""
+    from tokenizers import Tokenizer, models, normalizers, processors
+
+    vocab = {"<s>": 0, "<unk>": 1, "▁": 2}
+    for c in "()abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+    merges = []
+    for w in ("cat", "is", "big"):
+        for prefix in ("▁", ""):
+            cur = prefix + w[0] if prefix else w[0]
+            if prefix:
+                merges.append(("▁", w[0]))
+                vocab.setdefault(cur, len(vocab))
+            for c in w[1:]:
+                merges.append((cur, c))
+                cur += c
+                vocab.setdefault(cur, len(vocab))
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return tok
+
+
+def test_token_labels_follow_captures_word_rule_for_a_lone_sentencepiece_marker():
+    tok = _llama2_style_tokenizer()
+    text = "(cat) is big  "
+    enc = tok.encode(text)
+    assert enc.tokens[:3] == ["<s>", "▁", "("] and enc.offsets[1] == enc.offsets[2]
+    lab = token_labels(text, tok, "word_initial")
+    assert lab.labels[1] is None and lab.word_ids[1] == -1  # the marker belongs to no word
+    assert lab.labels[2] == "initial" and lab.word_ids[2] == 0  # "(" begins "(cat)"
+    _check_word_initial(text, lab)
+    pos = token_labels(text, tok, "position_bucket")
+    assert [pos.labels[t] is None for t in range(len(pos.labels))] == [
+        w < 0 for w in lab.word_ids
+    ]  # special and whitespace-only tokens get no label here either

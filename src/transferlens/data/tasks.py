@@ -370,21 +370,20 @@ def token_labels(
             verbose=False,  # labels only: the model's context limit applies later, in capture
         )
         ids, offs, special = enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
+        pieces = tokenizer.convert_ids_to_tokens(list(ids))
     else:  # tokenizers.Tokenizer
         enc = tokenizer.encode(text, add_special_tokens=add_special_tokens)
         ids, offs, special = enc.ids, enc.offsets, enc.special_tokens_mask
+        pieces = list(enc.tokens)
+    from ..capture.tokens import _word_of_tokens  # capture's rule, so that rows and labels agree
+
     offs = np.asarray(offs, np.int64).reshape(-1, 2)
-    spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
-    starts = np.array([s for s, _ in spans], np.int64)
-    ends = np.array([e for _, e in spans], np.int64)
-    word_ids = np.full(len(ids), -1, np.int64)
-    for t, ((s, e), sp) in enumerate(zip(offs.tolist(), special, strict=True)):
-        if sp or e <= s or not text[s:e].strip():
-            continue
-        last = max(i for i in range(s, e) if not text[i].isspace())
-        w = int(np.searchsorted(starts, last, side="right")) - 1
-        if w >= 0 and last < ends[w]:
-            word_ids[t] = w
+    spans = np.array([(m.start(), m.end()) for m in re.finditer(r"\S+", text)], np.int64).reshape(
+        -1, 2
+    )
+    word_ids = _word_of_tokens(offs, spans, np.asarray(special, bool), text, pieces).astype(
+        np.int64
+    )
     labels = np.empty(len(ids), dtype=object)
     if kind == "word_initial":
         seen: set[int] = set()
@@ -398,7 +397,7 @@ def token_labels(
             raise ValueError(f"buckets must be increasing positive edges, got {edges}")
         names = [_bucket_name(lo, hi) for lo, hi in zip([0, *edges], [*edges, None], strict=True)]
         for t in range(len(ids)):
-            if not special[t]:
+            if word_ids[t] >= 0:  # no label for special and whitespace-only tokens
                 labels[t] = names[int(np.searchsorted(edges, t, side="right"))]
     return TokenLabels(np.asarray(ids, np.int64), labels, word_ids, offs)
 
