@@ -410,3 +410,30 @@ def test_token_labels_follow_captures_word_rule_for_a_lone_sentencepiece_marker(
     assert [pos.labels[t] is None for t in range(len(pos.labels))] == [
         w < 0 for w in lab.word_ids
     ]  # special and whitespace-only tokens get no label here either
+
+
+@pytest.mark.parametrize(
+    "multiword,label,expected",
+    [
+        ("join", "feats:Case", "_+Dat"),  # zu (no Case) + dem (Case=Dat)
+        ("join", "feats:Number", "_+Sing"),
+        ("join", "feats:Tense", None),  # no part has it
+        ("first", "feats:Case", None),  # zu's features
+        ("skip", "feats:Case", None),
+        ("skip", "lemma", None),  # was "_", a class of its own
+        ("join", "lemma", "zu+der"),
+    ],
+)
+def test_conllu_multiword_features_per_part(tmp_path, multiword, label, expected):
+    path = tmp_path / "t.conllu"
+    path.write_text(CONLLU)
+    task = ProbeTask(
+        name="x",
+        level="word",
+        source="conllu",
+        label=label,
+        path=str(path),
+        options={"multiword": multiword},
+    )
+    zum = list(task.examples())[1].word_labels[0]
+    assert zum == expected

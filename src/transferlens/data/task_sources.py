@@ -49,12 +49,26 @@ def _load_hf(path: Path | None, split: str | None) -> Any:
     return ds
 
 
-def _word_field(word: dict[str, str], label: str) -> Any:
-    """A CoNLL-U word's label: a column (``upos``), or one feature (``feats:Number``)."""
+def _feats(text: str) -> dict[str, str]:
+    return dict(f.split("=", 1) for f in text.split("|") if "=" in f)
+
+
+def _word_field(word: dict[str, Any], label: str) -> Any:
+    """A CoNLL-U word's label: a column (``upos``), or one feature (``feats:Number``).
+
+    A multiword token (``zur`` = zu + der) under ``multiword: join`` gives each part's value
+    joined by ``+`` (``_`` for a part without it; None if no part has it); under ``skip``
+    it has no label but its form."""
+    mode = word.get("_multiword")
+    if mode == "skip" and label != "form":
+        return None
     if label.startswith("feats:"):
-        feats = dict(f.split("=", 1) for f in word["feats"].split("|") if "=" in f)
-        return feats.get(label.split(":", 1)[1])
-    if label not in word:
+        name = label.split(":", 1)[1]
+        if mode == "join":
+            vals = [_feats(p["feats"]).get(name) for p in word["_parts"]]
+            return None if all(v is None for v in vals) else "+".join(v or "_" for v in vals)
+        return _feats(word["feats"]).get(name)
+    if label not in _CONLLU:
         raise ValueError(
             f"unknown CoNLL-U label {label!r}; use one of {list(_CONLLU)} or feats:<Name>"
         )
@@ -135,6 +149,7 @@ def _sentence(
                 f[key] = {"first": vals[0] if vals else "_", "join": "+".join(vals), "skip": "_"}[
                     multiword
                 ]
+            f["_multiword"], f["_parts"] = multiword, parts  # for feats:<Name> labels
             words.append(cols[1])
             fields.append(f)
             i += 1 + len(parts)
