@@ -342,3 +342,26 @@ def test_unfinished_probe_fits_become_a_report_note():
     res.data["probe_fits"]["unconverged"] = 0
     add_probe_records(acc2 := AnalysisResult("probe", "a", "accuracy"), best, res, "t")
     assert acc2.notes == []
+
+
+def test_language_dependent_example_labels_group_by_id_and_control_per_text(tmp_path):
+    """Parallel texts whose label depends on the language (a language-identity task): folds
+    and intervals keep an id's translations together; the control gives each text a label."""
+    lines = []
+    for i in range(12):
+        for lang, words in (("en", _FILLER), ("sv", _SWEDISH)):
+            text = " ".join(words[(i % 5) : (i % 5) + 8])
+            lines.append({"id": f"p{i}", "language": lang, "text": text, "lang": lang})
+    (tmp_path / "lid.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (tmp_path / "lid.yaml").write_text(
+        "name: lid\nlevel: example\nsource: jsonl\nlabel: lang\npath: lid.jsonl\n"
+        "selection: mean\ncontrol: example\n"
+    )
+    base, adapted = _pair()
+    cfg = CompareConfig(**SMALL)
+    data = build_task_data(
+        {"base": base, "adapted": adapted}, load_task(str(tmp_path / "lid.yaml")), cfg
+    )
+    assert set(data.groups.tolist()) == {f"p{i}" for i in range(12)}  # ids, not texts
+    assert len(set(data.types.tolist())) == len(data.labels) == 24  # one control label per text
+    assert "grouped by example id" in data.description

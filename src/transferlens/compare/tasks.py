@@ -287,13 +287,14 @@ def _missing(v: Any) -> bool:
 
 
 def _grouping(task: ProbeTask, labels: list[str], ids: list[str], texts: list[str]) -> bool:
-    """Group rows by example id (True) or by text (False).
+    """Whether one control label per example id fits the task (True) or one per text is
+    needed (False).
 
-    Examples that share an id (the translations of a corpus paragraph) are one group, so no
-    translation of a test example is trained on, unless an example-level label differs
-    between them (the label depends on the language): then every text is its own group, as
-    the example control must be able to give the texts of one id different labels (the same
-    rule as compare's ``topic`` and ``language_id``).
+    Rows are always grouped by example id for the folds and the bootstrap (the translations
+    of a corpus paragraph share its difficulty, and no translation of a test example is
+    trained on). The example control draws one label per id, unless an example-level label
+    differs between the texts of an id (it depends on the language): then one per text (the
+    same rule as compare's ``topic`` and ``language_id``).
     """
     if task.level != "example" or len(set(ids)) == len(set(texts)):
         return True
@@ -382,7 +383,7 @@ def build_task_data(handles: dict[str, Any], task: ProbeTask, cfg: CompareConfig
         raise TaskSkipped("a single class in the sample")
     by_id = _grouping(task, labels, groups, texts)
     y = np.asarray(labels, dtype=object)
-    g = np.asarray(groups if by_id else texts, dtype=object)
+    g = np.asarray(groups, dtype=object)
     n_groups = len(set(g.tolist()))
     if n_groups < 5:
         raise TaskSkipped(f"{n_groups} examples with labels; 5-fold CV needs at least 5")
@@ -398,19 +399,19 @@ def build_task_data(handles: dict[str, Any], task: ProbeTask, cfg: CompareConfig
     desc = (
         f"{task.name}: {task.level}-level task from {task.source} "
         f"({', '.join(langs) or 'no language given'}), {len(seen)} examples "
-        f"({n_groups} {'ids' if by_id else 'texts'}), "
-        f"{len(labels)} rows: {rows_desc}{cap}; control {_CONTROLS[task.control]}; "
-        f"5-fold CV grouped by {'example id' if by_id else 'text'}."
+        f"({n_groups} ids), "
+        f"{len(labels)} rows: {rows_desc}{cap}; control {_CONTROLS[task.control]}"
+        f"{'' if by_id else ' (one label per text: the label depends on the language)'}; "
+        "5-fold CV and intervals grouped by example id."
     )
+    if task.control in ("word_type", "token_type"):
+        control_types = np.asarray(types, dtype=object)
+    elif not by_id:  # example control, one label per text (types: one per text)
+        control_types = np.asarray(texts, dtype=object)
+    else:
+        control_types = None
     return TaskData(
-        task.name,
-        stacks,
-        list(range(len(order))),
-        y,
-        g,
-        np.asarray(types, dtype=object) if task.control in ("word_type", "token_type") else None,
-        len(seen),
-        desc,
+        task.name, stacks, list(range(len(order))), y, g, control_types, len(seen), desc
     )
 
 
