@@ -183,3 +183,19 @@ def test_load_does_not_touch_process_wide_state(llama_files):
         hf_logging.get_verbosity(),
         hf_logging.is_progress_bar_enabled(),
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dtype_on_load_matches_from_pretrained_in_that_dtype(llama_files, dtype):
+    """Converting at load time gives the model transformers builds in that dtype: weights in
+    it, RoPE's computed inv_freq left in float32 (cast too, the angles drifted with position:
+    logits off by > 1 at position 500 in bfloat16)."""
+    name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    ref = AutoModelForCausalLM.from_pretrained(llama_files["hf"], dtype=dtype).eval()
+    ids = torch.randint(3, 300, (1, 256), generator=torch.Generator().manual_seed(0))
+    want = logits_of(ref, ids)
+    for spec in (llama_files["pt"], llama_files["hf"]):
+        h = load_model(spec, dtype=name)
+        assert h.dtype == dtype
+        assert h.model.model.rotary_emb.inv_freq.dtype == torch.float32
+        torch.testing.assert_close(logits_of(h.model, ids), want, atol=0, rtol=0)

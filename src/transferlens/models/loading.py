@@ -145,12 +145,27 @@ def load_model(
         handle.name = name
     model = handle.model
     if torch_dtype is not None and torch_dtype != handle.dtype:
-        model.to(dtype=torch_dtype)
+        _convert(model, torch_dtype)
         handle._fingerprint = None  # the bytes changed
     if torch_device is not None:
         model.to(device=torch_device)
     model.eval()
     return handle
+
+
+def _convert(model: nn.Module, dtype: torch.dtype) -> None:
+    """``model.to(dtype)`` as ``from_pretrained(dtype=...)`` would load the model: buffers
+    outside the state dict (computed at construction, like RoPE's ``inv_freq``) keep their
+    dtype and values (float32) — cast to bfloat16, the rotary angles drifted with position
+    (logits off by > 1 at position 500)."""
+    persistent = set(model.state_dict())
+    keep = {n for n, b in model.named_buffers() if b.is_floating_point() and n not in persistent}
+    saved = {n: b.clone() for n, b in model.named_buffers() if n in keep}
+    model.to(dtype=dtype)
+    for n, buf in saved.items():
+        owner, _, attr = n.rpartition(".")
+        mod = model.get_submodule(owner) if owner else model
+        mod._buffers[attr] = buf.to(device=mod._buffers[attr].device)
 
 
 # --------------------------------------------------------------------------- objects
