@@ -259,3 +259,55 @@ def test_weight_change_vs_cka_exact_permutation_p_value():
     assert rho["p_value"] == pytest.approx(n_extreme / 24)
     with pytest.raises(ValueError, match="several records for layer"):
         weight_change_vs_cka(w, c)
+
+
+def test_unembedding_tied_in_one_model_and_not_the_other_is_compared(tiny_tok):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    base = tiny_model("llama", tokenizer=tiny_tok, seed=3)  # lm_head tied to embed_tokens
+    cfg = copy.deepcopy(base.model.config)
+    cfg.tie_word_embeddings = False
+    untied = LlamaForCausalLM(cfg).eval()
+    untied.load_state_dict(base.model.state_dict())
+    with torch.no_grad():
+        untied.lm_head.weight.mul_(2.0)  # a fine-tune that changed the unembedding only
+    res = weight_diff(base, load_model(untied, tokenizer=tiny_tok))
+    head = res["modules"].where(module="lm_head")
+    assert len(head) == 1 and head[0]["value"] == pytest.approx(1.0)  # ‖2W − W‖ / ‖W‖
+    assert res["modules"].where(module="model.embed_tokens")[0]["value"] == 0.0
+    assert not res["modules"].notes
+    # a LoRA run training the (tied) head as a full copy: peft's modules_to_save
+    pm = get_peft_model(
+        copy.deepcopy(base.model),
+        LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]),
+    )
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "modules_to_save" in n and n.endswith("weight"):
+                p.mul_(3.0)
+    res = weight_diff(base, load_model(pm, tokenizer=tiny_tok))
+    assert res["modules"].where(module="lm_head")[0]["value"] == pytest.approx(2.0)
+
+
+@pytest.mark.slow
+def test_weight_diff_through_a_transformer_bridge(tiny_tok, tmp_path):
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    plain = tiny_model("llama", tokenizer=tiny_tok, seed=1)
+    plain.model.save_pretrained(tmp_path)
+    tiny_tok.save_pretrained(tmp_path)
+    changed = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        changed.model.layers[0].self_attn.o_proj.weight.mul_(1.5)
+    bridge = TransformerBridge.boot_transformers(
+        str(tmp_path), hf_model=changed, tokenizer=AutoTokenizer.from_pretrained(tmp_path)
+    )
+    res = weight_diff(plain, load_model(bridge))
+    mods = {r["module"]: r["value"] for r in res["modules"].records}
+    assert len(mods) == len(weight_diff(plain, plain.model)["modules"].records)  # all paired
+    assert mods["model.layers.0.self_attn.o_proj"] == pytest.approx(0.5)
+    assert sum(v > 0 for v in mods.values()) == 1
+    assert {r["layer"] for r in res["layers"].records} >= {0, 1}  # blocks found through it
+    assert [r["value"] for r in res["layers"].records if r["layer"] == 1] == [0.0]

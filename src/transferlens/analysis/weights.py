@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -134,14 +135,48 @@ def _lora_delta(mod: nn.Module) -> tuple[torch.Tensor | None, int | None]:
     return delta, (rank or None)
 
 
+_WRAPPER = re.compile(r"\._original_component(?=\.|$)")  # TransformerBridge's wrapper level
+_SAVED = re.compile(r"\.modules_to_save\.[^.]+(?=\.|$)")  # peft modules_to_save copy
+
+
+def _plain_name(name: str) -> str:
+    """A module's name as in the plain Hugging Face model: without a TransformerBridge's
+    ``._original_component`` levels and with a peft ``modules_to_save`` copy named as the
+    module it replaces."""
+    return _SAVED.sub("", _WRAPPER.sub("", name))
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, str]:
+    """Names under which an already-listed 2-D weight appears again (a tied unembedding):
+    ``{"lm_head": "model.embed_tokens"}``."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, mod in unwrap_model(model).named_modules():
+        w = mod._parameters.get("weight") if hasattr(mod, "_parameters") else None
+        if w is None or w.ndim != 2:
+            continue
+        name = _plain_name(name)
+        if id(w) in first:
+            out.setdefault(name, first[id(w)])
+        else:
+            first[id(w)] = name
+    return out
+
+
 def _matrices(model: nn.Module, *, with_lora: bool = True) -> dict[str, _Matrix]:
-    """Every 2-D weight, by module name (tied weights once, under their first name)."""
+    """Every 2-D weight, by module name (tied weights once, under their first name; names as
+    in the plain model, see :func:`_plain_name`). A peft ``modules_to_save`` module counts as
+    its trained copy (``with_lora``) or its original (without)."""
     root = unwrap_model(model)
     seen: set[int] = set()
     out: dict[str, _Matrix] = {}
     skip: list[str] = []
     for name, mod in root.named_modules():
         if any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        if hasattr(mod, "original_module") and hasattr(mod, "modules_to_save"):
+            # a ModulesToSaveWrapper: keep one of its two copies
+            skip.append(name + (".original_module" if with_lora else ".modules_to_save"))
             continue
         if hasattr(mod, "base_layer") and hasattr(mod, "lora_A"):
             skip.append(name)
@@ -153,7 +188,9 @@ def _matrices(model: nn.Module, *, with_lora: bool = True) -> dict[str, _Matrix]
         if w is None or w.ndim != 2 or id(w) in seen:
             continue
         seen.add(id(w))
-        out[name] = _Matrix(weight=w.detach(), delta=delta, lora_r=r)
+        out[_plain_name(name).removesuffix(".original_module")] = _Matrix(
+            weight=w.detach(), delta=delta, lora_r=r
+        )
     return out
 
 
@@ -179,7 +216,7 @@ def _layer_prefixes(model: nn.Module) -> list[str]:
     pref = [""] * len(blocks)
     for name, mod in root.named_modules():
         if id(mod) in ids and not pref[ids[id(mod)]]:
-            pref[ids[id(mod)]] = name
+            pref[ids[id(mod)]] = _plain_name(name)
     return pref
 
 
@@ -221,8 +258,20 @@ def weight_diff(
     same_root = unwrap_model(mb) is unwrap_model(ma)
     wb = _matrices(mb, with_lora=not same_root)
     wa = _matrices(ma)
+    # a weight tied in one model (the unembedding) and its own matrix in the other: compare
+    # the other's matrix with the tied one
+    for own, model, other in ((wb, mb, wa), (wa, ma, wb)):
+        for alias, first in _tied_aliases(model).items():
+            if alias in other and alias not in own and first in own:
+                own[alias] = own[first]
     prefixes = _layer_prefixes(ma)
     notes: list[str] = []
+    if not set(wb) & set(wa):
+        raise ValueError(
+            "no weight matrix of the two models pairs by module name (a different "
+            "architecture, or a wrapper whose module names transferlens does not know); "
+            "pass the plain Hugging Face models"
+        )
     if same_root:
         notes.append("base and adapted are one model object: base = weights without the adapter")
     only_b = sorted(set(wb) - set(wa))
