@@ -199,3 +199,36 @@ def test_dtype_on_load_matches_from_pretrained_in_that_dtype(llama_files, dtype)
         assert h.dtype == dtype
         assert h.model.model.rotary_emb.inv_freq.dtype == torch.float32
         torch.testing.assert_close(logits_of(h.model, ids), want, atol=0, rtol=0)
+
+
+def test_peft_folder_whose_base_is_a_lora_checkpoint(tiny_tok, tmp_path):
+    """A second adapter trained on a merged LoRA run: its base is loaded merged (it was left
+    a PeftModel, refused as 'not the llama family layout', or an AttributeError)."""
+    import copy
+    import json
+
+    from modeltools import lora_model
+    from peft import get_peft_model_state_dict
+
+    from transferlens.models import save_checkpoint, tiny_model
+
+    base = tiny_model("llama", tokenizer=tiny_tok, seed=3)
+    save_checkpoint(tmp_path / "base.pt", base.model, tiny_tok, {})
+    first = lora_model(base.model, seed=1)
+    adapter = {
+        "state_dict": get_peft_model_state_dict(first),
+        "peft_config": first.peft_config["default"].to_dict(),
+        "parent": {"path": str(tmp_path / "base.pt"), "fingerprint": base.fingerprint},
+    }
+    save_checkpoint(tmp_path / "lora1.pt", first, tiny_tok, {}, adapter=adapter)
+    second = lora_model(copy.deepcopy(first).merge_and_unload().eval(), seed=2)
+    second.save_pretrained(tmp_path / "peft2")
+    cfg_path = tmp_path / "peft2" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(tmp_path / "lora1.pt")
+    cfg_path.write_text(json.dumps(cfg))
+    ids = torch.tensor([tiny_tok("Välj Format - Celler")["input_ids"]])
+    want = logits_of(second, ids)
+    for merge in (False, True):
+        h = load_model(tmp_path / "peft2", merge=merge)
+        torch.testing.assert_close(logits_of(h.model, ids), want, atol=1e-5, rtol=0)

@@ -229,7 +229,7 @@ def _load_path(spec: str, *, merge: bool) -> ModelHandle:
     if path.is_dir():
         if (path / "adapter_config.json").exists():
             model, tok, prov = load_peft_dir(
-                path, merge=merge, load_base=lambda s: _load_path(s, merge=False)
+                path, merge=merge, load_base=lambda s: _load_path(s, merge=True)
             )
             return _handle(model, tok, str(path), "peft", prov)
         if (path / "config.json").exists():
