@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from modeltools import logits_of
@@ -104,8 +106,12 @@ def test_transformer_bridge(llama_files, reference):
     h = load_model(bridge)
     assert h.source == "transformer_lens"
     assert h.model is hf
-    assert h.tokenizer is bridge.tokenizer
     _check(h, llama_files, reference)
+    # the model's own tokenizer (from its folder), not the bridge's copy that forces a BOS
+    text = "Choose Format - Cells"
+    own = llama_files["tok"](text)["input_ids"]
+    assert h.tokenizer(text)["input_ids"] == own and h.tokenizer is not bridge.tokenizer
+    assert load_model(bridge, tokenizer=bridge.tokenizer).tokenizer is bridge.tokenizer
     # and the bridge itself computes the same logits (an independent forward)
     with torch.no_grad():
         torch.testing.assert_close(bridge(llama_files["ids"]), reference, atol=ATOL, rtol=0)
@@ -232,3 +238,31 @@ def test_peft_folder_whose_base_is_a_lora_checkpoint(tiny_tok, tmp_path):
     for merge in (False, True):
         h = load_model(tmp_path / "peft2", merge=merge)
         torch.testing.assert_close(logits_of(h.model, ids), want, atol=1e-5, rtol=0)
+
+
+def test_transformer_bridge_of_a_model_whose_tokenizer_adds_no_bos(tiny_tok, tmp_path):
+    """Like GPT-2 or SmolLM2: the bridge's tokenizer copy prepends BOS, the model's own does
+    not; the handle tokenises as the model does (its activations match the folder's)."""
+    from tokenizers import processors
+    from transformer_lens.model_bridge.sources.transformers.source import boot
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from transferlens.models import tiny_model
+
+    bt = copy.deepcopy(tiny_tok.backend_tokenizer)
+    bt.post_processor = processors.ByteLevel(trim_offsets=False)  # adds no BOS
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bt, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>"
+    )
+    tiny_model("llama", tokenizer=tok, seed=2).model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    own = AutoTokenizer.from_pretrained(tmp_path)
+    bridge = boot(
+        str(tmp_path),
+        hf_model=AutoModelForCausalLM.from_pretrained(tmp_path).eval(),
+        tokenizer=own,
+    )
+    text = "Choose Format - Cells"
+    assert bridge.tokenizer(text)["input_ids"] != own(text)["input_ids"]  # BOS forced
+    h = load_model(bridge)
+    assert h.tokenizer(text)["input_ids"] == own(text)["input_ids"]

@@ -168,6 +168,28 @@ def _convert(model: nn.Module, dtype: torch.dtype) -> None:
         mod._buffers[attr] = buf.to(device=mod._buffers[attr].device)
 
 
+def _bridge_tokenizer(bridge: Any, hf: nn.Module) -> Any:
+    """The model's own tokenizer for a TransformerBridge: read from the model's local folder
+    when there is one. The bridge's ``tokenizer`` is a copy that always prepends BOS (its
+    convention), so for models whose tokenizer adds none (GPT-2, SmolLM2) every text would be
+    tokenised differently from the same model loaded from its folder."""
+    folder = getattr(getattr(hf, "config", None), "_name_or_path", "") or ""
+    if folder and Path(folder).is_dir():
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError):
+            pass
+    tok = getattr(bridge, "tokenizer", None)
+    if tok is not None:
+        log.warning(
+            "using the TransformerBridge's tokenizer, which always prepends BOS; pass "
+            "tokenizer= (the model's own) to tokenise as the model does elsewhere"
+        )
+    return tok
+
+
 # --------------------------------------------------------------------------- objects
 def _load_object(obj: Any, tokenizer: Any) -> ModelHandle:
     mod = type(obj).__module__
@@ -179,7 +201,7 @@ def _load_object(obj: Any, tokenizer: Any) -> ModelHandle:
                 "Hugging Face model; build it with TransformerBridge.boot_transformers(...) "
                 "or pass the Hugging Face model itself"
             )
-        tok = tokenizer if tokenizer is not None else getattr(obj, "tokenizer", None)
+        tok = tokenizer if tokenizer is not None else _bridge_tokenizer(obj, hf)
         return _handle(hf, tok, "<TransformerBridge>", "transformer_lens")
     if mod.startswith("nnsight"):
         if getattr(obj, "dispatched", True) is False and callable(getattr(obj, "dispatch", None)):
