@@ -172,7 +172,7 @@ def test_head_sites_sum_to_attn_out_through_a_store(tiny, texts, tmp_path):
 
 def test_whitespace_tokens_belong_to_no_word_whatever_their_offsets():
     """Word of each token by the rules in docs/capture.md, on the offsets real tokenizers give."""
-    from transferlens.capture.tokens import _word_of_tokens
+    from transferlens.capture.tokens import word_of_tokens
 
     # SentencePiece (Metaspace, byte fallback): the prepended lone "▁" is given the offsets of
     # the first character, "Ö", which byte fallback spells in the next two tokens
@@ -181,19 +181,19 @@ def test_whitespace_tokens_belong_to_no_word_whatever_their_offsets():
     offsets = np.array([[0, 1], [0, 1], [0, 1], [1, 3], [3, 5], [5, 12], [12, 14]])
     pieces = ["▁", "<0xC3>", "<0x96>", "pp", "na", "▁dialog", "en"]
     special = np.zeros(7, dtype=bool)
-    words = _word_of_tokens(offsets, spans, special, text, pieces)
+    words = word_of_tokens(offsets, spans, special, text, pieces)
     assert words.tolist() == [-1, 0, 0, 0, 0, 1, 1]
     # Llama-3-style pre-tokeniser: ".\n" is one token; it ends the word "dialog." as "." would
     text = "Open the dialog.\nNext"
     spans = np.array([[0, 4], [5, 8], [9, 16], [17, 21]])
     offsets = np.array([[0, 4], [4, 8], [8, 15], [15, 17], [17, 21]])
     pieces = ["Open", "Ġthe", "Ġdialog", ".Ċ", "Next"]
-    words = _word_of_tokens(offsets, spans, np.zeros(5, dtype=bool), text, pieces)
+    words = word_of_tokens(offsets, spans, np.zeros(5, dtype=bool), text, pieces)
     assert words.tolist() == [0, 1, 2, 2, 3]
     # tokens of whitespace only, by their text (double space, newline)
     text = "a  b\n"
     offsets = np.array([[0, 1], [1, 3], [3, 4], [4, 5]])
-    words = _word_of_tokens(offsets, np.array([[0, 1], [3, 4]]), np.zeros(4, dtype=bool), text)
+    words = word_of_tokens(offsets, np.array([[0, 1], [3, 4]]), np.zeros(4, dtype=bool), text)
     assert words.tolist() == [0, -1, 1, -1]
 
 

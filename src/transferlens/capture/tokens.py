@@ -22,7 +22,7 @@ import torch
 
 from .inputs import Example
 
-__all__ = ["Encoded", "collate", "context_length", "encode", "tokenizer_hash"]
+__all__ = ["Encoded", "collate", "context_length", "encode", "tokenizer_hash", "word_of_tokens"]
 
 
 @dataclass
@@ -92,7 +92,7 @@ def context_length(model: Any, tokenizer: Any) -> int | None:
 _MARKERS = "\u2581\u0120\u010a\u0109"  # SentencePiece ▁, byte-level Ġ (space), Ċ, ĉ
 
 
-def _word_of_tokens(
+def word_of_tokens(
     offsets: np.ndarray,
     spans: np.ndarray,
     special: np.ndarray,
@@ -177,7 +177,7 @@ def encode(
         if fast:
             offsets = np.asarray(cut["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
             pieces = tokenizer.convert_ids_to_tokens(ids.tolist()) if need_words else None
-            words = _word_of_tokens(offsets, spans, special, ex.text, pieces)
+            words = word_of_tokens(offsets, spans, special, ex.text, pieces)
             has = np.zeros(len(spans), dtype=bool)
             has[words[words >= 0]] = True
             real = offsets[~special]

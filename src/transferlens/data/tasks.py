@@ -375,15 +375,13 @@ def token_labels(
         enc = tokenizer.encode(text, add_special_tokens=add_special_tokens)
         ids, offs, special = enc.ids, enc.offsets, enc.special_tokens_mask
         pieces = list(enc.tokens)
-    from ..capture.tokens import _word_of_tokens  # capture's rule, so that rows and labels agree
+    from ..capture.tokens import word_of_tokens  # capture's rule, so that rows and labels agree
 
     offs = np.asarray(offs, np.int64).reshape(-1, 2)
     spans = np.array([(m.start(), m.end()) for m in re.finditer(r"\S+", text)], np.int64).reshape(
         -1, 2
     )
-    word_ids = _word_of_tokens(offs, spans, np.asarray(special, bool), text, pieces).astype(
-        np.int64
-    )
+    word_ids = word_of_tokens(offs, spans, np.asarray(special, bool), text, pieces).astype(np.int64)
     labels = np.empty(len(ids), dtype=object)
     if kind == "word_initial":
         seen: set[int] = set()
