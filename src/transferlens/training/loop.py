@@ -298,8 +298,8 @@ def _step_weights(batches, weight_fn, acc, world: int, grad_accum: int) -> list[
     gradients are averaged), so that the step's loss is the mean over all items."""
     if weight_fn is None:
         return [1.0 / grad_accum] * len(batches)
-    counts = [float(weight_fn(b)) for b in batches]
-    total = torch.tensor(sum(counts), dtype=torch.float64, device=acc.device)
+    counts = [int(weight_fn(b)) for b in batches]
+    total = torch.tensor(sum(counts), dtype=torch.long, device=acc.device)  # exact, any device
     if world > 1:
         total = acc.reduce(total, "sum")
     total = float(total)
