@@ -278,10 +278,11 @@ def test_unembedding_tied_in_one_model_and_not_the_other_is_compared(tiny_tok):
     assert res["modules"].where(module="model.embed_tokens")[0]["value"] == 0.0
     assert not res["modules"].notes
     # a LoRA run training the (tied) head as a full copy: peft's modules_to_save
-    pm = get_peft_model(
-        copy.deepcopy(base.model),
-        LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]),
-    )
+    with pytest.warns(UserWarning, match="tie_word_embeddings"):  # peft: the head is tied
+        pm = get_peft_model(
+            copy.deepcopy(base.model),
+            LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]),
+        )
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "modules_to_save" in n and n.endswith("weight"):
