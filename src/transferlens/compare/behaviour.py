@@ -121,7 +121,8 @@ def _topic_task(handles, sample: Sample, cfg: CompareConfig, common, boot) -> An
     names = sorted(set(TOPIC_LABELS.values()))  # every module, as the SFT task asks
     prompts = [topic_prompt(sample.texts[lang][i]) for i in keep]
     gold = [TOPIC_LABELS[sample.topics[i]] for i in keep]
-    train = [TOPIC_LABELS[t] for t in load_corpus(split="train")["topic"] if t in TOPIC_LABELS]
+    topics = load_corpus(languages="en", split="train")["topic"]  # one column is enough
+    train = [TOPIC_LABELS[t] for t in topics if t in TOPIC_LABELS]
     majority, hits = majority_baseline(train, gold)
     res = AnalysisResult(
         "behaviour",
