@@ -218,16 +218,19 @@ def test_results_json_that_is_not_utf8(tmp_path):
         load_results(path)
 
 
+def _rendered_markdown(results, folder) -> str:
+    save_results(folder / "results.json", results, meta={"title": "t"})
+    render_report(folder, formats=["png"])
+    return (folder / "report.md").read_text()
+
+
 def test_cka_captions_axes_and_range_follow_the_estimator(tmp_path):
     from transferlens.report import figures as F
     from transferlens.report.style import get_style
 
     results = synthetic_results(3)
     by = {r.name: r for r in results}
-    biased_md = tmp_path / "biased"
-    save_results(biased_md / "results.json", results, meta={"title": "t"})
-    render_report(biased_md, formats=["png"])
-    text = (biased_md / "report.md").read_text()
+    text = _rendered_markdown(results, tmp_path / "biased")
     assert "Linear CKA between every pair of layers" in text
     assert "per layer: linear CKA and translation retrieval" in text
     # debiased CKA can be negative: the axis extends below 0 instead of hiding it
@@ -242,10 +245,7 @@ def test_cka_captions_axes_and_range_follow_the_estimator(tmp_path):
     assert "debiased linear CKA" in fig.axes[0].get_ylabel()
     for r in results:  # a 90 % level is named as such in captions and tables
         r.config["ci_level"] = 0.9
-    out = tmp_path / "debiased"
-    save_results(out / "results.json", results, meta={"title": "t"})
-    render_report(out, formats=["png"])
-    text = (out / "report.md").read_text()
+    text = _rendered_markdown(results, tmp_path / "debiased")
     assert "Debiased linear CKA between every pair of layers" in text
     assert "Debiased linear CKA between the base and adapted model" in text
     assert "per layer: debiased linear CKA and translation retrieval" in text

@@ -161,23 +161,32 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(tiny_to
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def _interrupt_at(call: int):
+    """An LM loss that raises KeyboardInterrupt at its ``call``-th call (a killed run)."""
+    calls = {"n": 0}
+
+    def loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return lm_loss(model, batch)
+
+    return loss
+
+
+def _interrupted(tiny_tok, data, cfg, folder, call, seed=0):
+    """A run killed at micro-batch ``call``, then resumed in the same folder."""
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(_model(tiny_tok), data, lm_collate, _interrupt_at(call), cfg, folder)
+    return run_loop(_model(tiny_tok, seed=seed), data, lm_collate, lm_loss, cfg, folder)
+
+
 def test_interrupted_run_resumes_to_the_same_weights(tiny_tok, tmp_path):
     data = _blocks(40)
     cfg = _cfg(steps=10, save_every=3, batch_size=4)
     full = _model(tiny_tok)
     run_loop(full, data, lm_collate, lm_loss, cfg, tmp_path / "full")
-
-    calls = {"n": 0}
-
-    def crash_at_8(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return lm_loss(model, batch)
-
-    with pytest.raises(KeyboardInterrupt):
-        run_loop(_model(tiny_tok), data, lm_collate, crash_at_8, cfg, tmp_path / "cut")
-    res = run_loop(_model(tiny_tok, seed=9), data, lm_collate, lm_loss, cfg, tmp_path / "cut")
+    res = _interrupted(tiny_tok, data, cfg, tmp_path / "cut", call=8, seed=9)
     assert res.resumed_from == 6
     assert fingerprint(res.model) == fingerprint(full)
     steps = [
@@ -192,17 +201,7 @@ def test_resumed_log_lines_equal_the_uninterrupted_ones(tiny_tok, tmp_path):
     data = _blocks(40)
     cfg = _cfg(steps=8, save_every=3, log_every=2, batch_size=4)
     run_loop(_model(tiny_tok), data, lm_collate, lm_loss, cfg, tmp_path / "full")
-    calls = {"n": 0}
-
-    def crash_at_5(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return lm_loss(model, batch)
-
-    with pytest.raises(KeyboardInterrupt):
-        run_loop(_model(tiny_tok), data, lm_collate, crash_at_5, cfg, tmp_path / "cut")
-    res = run_loop(_model(tiny_tok), data, lm_collate, lm_loss, cfg, tmp_path / "cut")
+    res = _interrupted(tiny_tok, data, cfg, tmp_path / "cut", call=5)
     assert res.resumed_from == 3
 
     def lines(folder):
@@ -216,20 +215,12 @@ def test_resumed_log_lines_equal_the_uninterrupted_ones(tiny_tok, tmp_path):
 
 def test_state_of_another_run_is_refused(tiny_tok, tmp_path):
     cfg = _cfg(steps=4, save_every=1)
-    calls = {"n": 0}
-
-    def crash_at_3(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return lm_loss(model, batch)
-
     with pytest.raises(KeyboardInterrupt):
         run_loop(
             _model(tiny_tok),
             _blocks(),
             lm_collate,
-            crash_at_3,
+            _interrupt_at(3),
             cfg,
             tmp_path / "r",
             run_key={"lr": 1},
