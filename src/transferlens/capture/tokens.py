@@ -176,7 +176,7 @@ def encode(
         spans = np.asarray(ex.word_spans, dtype=np.int64).reshape(-1, 2)
         if fast:
             offsets = np.asarray(cut["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
-            pieces = tokenizer.convert_ids_to_tokens(ids.tolist()) if need_words else None
+            pieces = tokenizer.convert_ids_to_tokens(ids.tolist())  # one rule, every selection
             words = word_of_tokens(offsets, spans, special, ex.text, pieces)
             has = np.zeros(len(spans), dtype=bool)
             has[words[words >= 0]] = True
